@@ -1,0 +1,136 @@
+"""The one on-disk split format (the reference CSVs, adopted unchanged).
+
+A dataset root holds ``train.csv``, ``val.csv``, ``train_val.csv``, ``test.csv`` (header
+``class_id,dir``; ``dir`` relative to ``<root>/<image folder>``) and ``classid_classname.csv``
+(header ``class_id,class_name``). Published split CSVs load as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLIT_HEADER = ["class_id", "dir"]
+CLASS_HEADER = ["class_id", "class_name"]
+
+
+class ManifestError(ValueError):
+    """A split or class-table file is malformed; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class Row:
+    class_id: int
+    dir: str
+
+
+def split_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"{split}.csv"
+
+
+def read_split(path: str | os.PathLike) -> list[Row]:
+    """Read a ``class_id,dir`` CSV (a header-less file, as in the DAF:re label files, also works)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"Split file not found: {p}")
+    rows: list[Row] = []
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        for i, rec in enumerate(reader, start=1):
+            if not rec or all(not c.strip() for c in rec):
+                continue
+            if i == 1 and [c.strip() for c in rec[:2]] == SPLIT_HEADER:
+                continue
+            if len(rec) < 2:
+                raise ManifestError(f"{p}:{i}: expected 'class_id,dir', got {rec!r}.")
+            try:
+                cid = int(rec[0])
+            except ValueError as e:
+                raise ManifestError(f"{p}:{i}: class_id must be an integer, got {rec[0]!r}.") from e
+            rows.append(Row(cid, rec[1]))
+    return rows
+
+
+def write_split(path: str | os.PathLike, rows: list[Row] | list[tuple[int, str]]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(SPLIT_HEADER)
+        for r in rows:
+            cid, d = (r.class_id, r.dir) if isinstance(r, Row) else r
+            w.writerow([int(cid), d])
+    os.replace(tmp, p)
+
+
+def read_class_table(path: str | os.PathLike) -> list[str]:
+    """Read ``classid_classname.csv``; ids must be 0..K-1. Extra columns (the malformed Cars
+    table) are ignored and a stray trailing quote is stripped."""
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError(f"Class table not found: {p}")
+    names: dict[int, str] = {}
+    with p.open(newline="", encoding="utf-8") as fh:
+        for i, rec in enumerate(csv.reader(fh), start=1):
+            if not rec or (i == 1 and [c.strip() for c in rec[:2]] == CLASS_HEADER):
+                continue
+            if len(rec) < 2:
+                raise ManifestError(f"{p}:{i}: expected 'class_id,class_name', got {rec!r}.")
+            try:
+                cid = int(rec[0])
+            except ValueError as e:
+                raise ManifestError(f"{p}:{i}: class_id must be an integer, got {rec[0]!r}.") from e
+            name = rec[1]
+            if name.endswith("'") and name.count("'") % 2 == 1:
+                name = name[:-1]
+            if cid in names:
+                raise ManifestError(f"{p}:{i}: class_id {cid} appears twice.")
+            names[cid] = name
+    k = len(names)
+    if sorted(names) != list(range(k)):
+        missing = sorted(set(range(k)) - set(names))[:5]
+        raise ManifestError(f"{p}: class ids must be contiguous 0..{k - 1}; missing e.g. {missing}.")
+    return [names[i] for i in range(k)]
+
+
+def write_class_table(path: str | os.PathLike, names: list[str]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(CLASS_HEADER)
+        for i, n in enumerate(names):
+            w.writerow([i, n])
+    os.replace(tmp, p)
+
+
+def carve_train_val(train_val: list[Row], p: float = 0.8) -> tuple[list[Row], list[Row]]:
+    """The reference rule (spec datasets.md §4.2): per class in increasing id order, the rows of
+    that class in ``train_val`` order; the first floor(p*n_c) go to train, the rest to val.
+    Deterministic, no shuffling; outputs are written class by class."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}.")
+    by_class: dict[int, list[Row]] = {}
+    for r in train_val:
+        by_class.setdefault(r.class_id, []).append(r)
+    train: list[Row] = []
+    val: list[Row] = []
+    for c in sorted(by_class):
+        rows = by_class[c]
+        k = int(p * len(rows) + 1e-9)
+        train += rows[:k]
+        val += rows[k:]
+    return train, val
+
+
+def check_rows(rows: list[Row], num_classes: int, where: str) -> None:
+    """Class ids must lie in [0, K)."""
+    bad = [r for r in rows if not 0 <= r.class_id < num_classes]
+    if bad:
+        ex = ", ".join(f"{r.dir} -> {r.class_id}" for r in bad[:3])
+        raise ManifestError(f"{where}: {len(bad)} row(s) have class ids outside the class table "
+                            f"[0, {num_classes - 1}] (e.g. {ex}).")

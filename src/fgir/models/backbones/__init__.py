@@ -1,0 +1,1 @@
+"""fgir's own backbones; importing this package registers them (in fgir's and timm's registry)."""

@@ -1,0 +1,44 @@
+"""``create_model``: the one way to build a model, for fgir's own models and every timm model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch.nn as nn
+from timm.models import register_model as _timm_register_model
+
+from ..registry import MODELS, close_matches
+
+
+def register_model(fn: Any = None, **meta: Any) -> Any:
+    """Register an fgir model builder in our registry *and* in timm's (so ``timm.create_model``
+    sees it). Builders take ``pretrained`` and ``**kwargs`` like timm's."""
+
+    def deco(f: Any) -> Any:
+        MODELS.add(f.__name__, f, **meta)
+        _timm_register_model(f)
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def model_names(include_timm: bool = True) -> list[str]:
+    names = MODELS.names()
+    return names + sorted(set(timm.list_models()) - set(names)) if include_timm else names
+
+
+def create_model(name: str, num_classes: int | None = None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build ``name`` (an fgir model or any timm architecture) with a ``num_classes``-way head.
+
+    Unknown names raise ``KeyError`` listing close matches.
+    """
+    from . import backbones  # noqa: F401  (registers our builders)
+
+    if name not in MODELS and not timm.is_model(name):
+        hits = close_matches(name, model_names())
+        hint = f" Did you mean: {', '.join(hits)}?" if hits else ""
+        raise KeyError(f"Unknown model '{name}'.{hint} See `fgir list models`.")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
