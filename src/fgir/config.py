@@ -118,15 +118,27 @@ class CALConfig:
     """CAL / WS-DAN teacher head (TGDA stage 1), arXiv 2507.12157 spec §3."""
 
     num_maps: int = 32
+    """Number M of part-attention maps."""
     center_beta: float = 0.05
+    """Feature-centre update rate beta (centre loss)."""
     logit_scale: float = 100.0
+    """Logits are W·(scale·f) with f the L2-normalised BAP feature."""
     crop_threshold: list = field(default_factory=lambda: [0.4, 0.6])
+    """Attention-crop threshold range [lo, hi], relative to the map's max, drawn per sample."""
     drop_threshold: list = field(default_factory=lambda: [0.2, 0.5])
+    """Attention-drop threshold range [lo, hi], relative to the map's max, drawn per sample."""
     mix_threshold: list = field(default_factory=lambda: [0.4, 0.6])
+    """Attention-mix box threshold range [lo, hi], relative to the map's max, drawn per sample."""
     crop_padding: float = 0.1
+    """Crop box padding as a fraction of the image side."""
     with_replacement: bool = True
+    """Draw the augmentation maps with replacement (reference: crop and drop may share a map)."""
     pam_sampling: str = "sample"
     """sample (maps drawn in proportion to their mass) or mean (channel-mean map)."""
+    mix_padding: float = 0.0
+    """Attention-mix box padding as a fraction of the image side (reference: 0)."""
+    tta_eval: bool = False
+    """Evaluate the CAL model with the 8-view inference (raw + 3 mean-map crops, x h-flip) instead of one view."""
 
 
 @dataclass
@@ -136,16 +148,19 @@ class TGDAConfig:
     teacher: str = ""
     """Path of the trained CAL teacher checkpoint (fgir .safetensors)."""
     teacher_img_size: int = 0
-    """Teacher input size S_t; 0 = data.img_size. The student sees data.img_size downsampled from S_t when student_img_size is set."""
+    """Teacher input size S_t; 0 = data.img_size. Batches arrive at S_t, so a non-zero value must equal data.img_size."""
     student_img_size: int = 0
     """Student input size S_s (0 = same as the teacher)."""
     temperature: float = 0.7
+    """KD temperature T (> 0); reference code default 0.7."""
     w_ce: float = 1.0
+    """Weight of the cross-entropy on the raw student logits."""
     w_kd: float = 1.0
+    """Weight of the KD term."""
     views: list = field(default_factory=lambda: ["crop", "drop"])
     """Teacher-guided views: any of crop, drop, mix. Empty = plain KD (ablation)."""
     view_weights: list = field(default_factory=list)
-    """Per-view KD weights (raw first); empty = the reference weighting T^2/(2B) per view."""
+    """Per-view KD weights (raw view first, then task.tgda.views), each multiplying T^2 x the view's batch-mean KL; empty = 0.5 each (the reference T^2/(2B) per image)."""
     bn_mode: str = "eval"
     """Teacher BatchNorm mode: eval (default) or train (reference-compat)."""
     antialias: bool = False
@@ -217,7 +232,55 @@ class Config:
                 raise ConfigError(f"{key} must be >= 0, got {val}.")
         for v in t.views:
             _check_choice("task.tgda.views", v, ["crop", "drop", "mix"])
+        _validate_cal_tgda(self)
         return self
+
+
+def _validate_cal_tgda(cfg: Config) -> None:
+    """Ranges of the task.cal / task.tgda keys (spec tgda.md §3-5)."""
+    c, t = cfg.task.cal, cfg.task.tgda
+    if c.num_maps < 1:
+        raise ConfigError(f"task.cal.num_maps must be >= 1, got {c.num_maps}.")
+    if not 0 <= c.center_beta <= 1:
+        raise ConfigError(f"task.cal.center_beta must be in [0, 1], got {c.center_beta}.")
+    if c.logit_scale <= 0:
+        raise ConfigError(f"task.cal.logit_scale must be > 0, got {c.logit_scale}.")
+    for key, rng in [("task.cal.crop_threshold", c.crop_threshold), ("task.cal.drop_threshold", c.drop_threshold),
+                     ("task.cal.mix_threshold", c.mix_threshold)]:
+        try:
+            vals = [float(v) for v in rng]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key} must be [lo, hi] numbers, got {rng!r}.") from e
+        if len(vals) != 2 or not 0 <= vals[0] <= vals[1] <= 1:
+            raise ConfigError(f"{key} must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the map's max), got {rng!r}.")
+        setattr(c, key.rsplit(".", 1)[1], vals)  # CLI lists arrive as strings
+    for key, val in [("task.cal.crop_padding", c.crop_padding), ("task.cal.mix_padding", c.mix_padding)]:
+        if not 0 <= val < 1:
+            raise ConfigError(f"{key} must be in [0, 1) (a fraction of the image side), got {val}.")
+    for key, val in [("task.tgda.teacher_img_size", t.teacher_img_size),
+                     ("task.tgda.student_img_size", t.student_img_size)]:
+        if val < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = default), got {val}.")
+    if t.view_weights:
+        n = 1 + len(t.views)
+        if len(t.view_weights) != n:
+            raise ConfigError(f"task.tgda.view_weights needs {n} values (raw + {list(t.views)}), "
+                              f"got {len(t.view_weights)}: {t.view_weights!r}. Leave it empty for the reference weighting.")
+        try:
+            weights = [float(w) for w in t.view_weights]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"task.tgda.view_weights must be numbers >= 0, got {t.view_weights!r}.") from e
+        if any(w < 0 for w in weights):
+            raise ConfigError(f"task.tgda.view_weights must be numbers >= 0, got {t.view_weights!r}.")
+        t.view_weights = weights
+    if cfg.task.name == "tgda":
+        if t.teacher_img_size and t.teacher_img_size != cfg.data.img_size:
+            raise ConfigError(f"task.tgda.teacher_img_size={t.teacher_img_size} differs from data.img_size="
+                              f"{cfg.data.img_size}: batches arrive at the teacher size S_t. Set data.img_size="
+                              f"{t.teacher_img_size} (and task.tgda.student_img_size for the student).")
+        if "mix" in t.views and cfg.optim.batch_size % 2:
+            raise ConfigError(f"task.tgda.views has 'mix', which pairs samples (2i, 2i+1): optim.batch_size must "
+                              f"be even, got {cfg.optim.batch_size}.")
 
 
 def _check_choice(key: str, value: Any, allowed: list[str]) -> None:

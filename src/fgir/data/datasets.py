@@ -1,0 +1,156 @@
+"""Datasets over the manifest format, and the decoded uint8 cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from tqdm import tqdm
+
+from .catalog import cache_home, get_spec, resolve_root
+from .manifest import ManifestError, Row, check_rows, read_class_table, read_split, split_path
+from .transforms import load_resized
+
+CACHE_VERSION = 1
+
+
+class ImageReadError(RuntimeError):
+    """An image could not be read; the message names the file."""
+
+
+class ManifestDataset(torch.utils.data.Dataset):
+    """One split of a catalog dataset: rows of (image path, class id) plus the class table.
+
+    ``num_classes`` comes from the class table (or the spec / an explicit override), never
+    from the labels the split happens to contain.
+    """
+
+    def __init__(self, name: str, split: str = "train", root: str = "", num_classes: int = 0,
+                 transform=None, check_files: bool = True):
+        self.name, self.split, self.transform = name, split, transform
+        self.spec = get_spec(name)
+        self.manifest_dir, self.image_root = resolve_root(name, root)
+        path = split_path(self.manifest_dir, split)
+        if not path.is_file():
+            have = sorted(p.stem for p in Path(self.manifest_dir).glob("*.csv") if p.stem != "classid_classname")
+            raise ManifestError(f"Dataset '{name}' has no split '{split}' ({path} not found); available: {have}.")
+        self.rows: list[Row] = read_split(path)
+        table = Path(self.manifest_dir) / "classid_classname.csv"
+        if table.is_file():
+            self.class_names = read_class_table(table)
+        else:
+            k = num_classes or self.spec.num_classes
+            self.class_names = [str(i + 1) for i in range(k)]
+        if num_classes and num_classes != len(self.class_names):
+            raise ManifestError(f"data.num_classes={num_classes} but the class table of '{name}' has "
+                                f"{len(self.class_names)} classes.")
+        self.num_classes = len(self.class_names)
+        check_rows(self.rows, self.num_classes, str(path))
+        if check_files:
+            missing = [r.dir for r in self.rows if not (Path(self.image_root) / r.dir).is_file()]
+            if missing:
+                raise ManifestError(f"{len(missing)} of {len(self.rows)} images listed in {path} are missing "
+                                    f"under {self.image_root}; first: {missing[:5]}")
+        self.labels = torch.tensor([r.class_id for r in self.rows], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def path(self, i: int) -> Path:
+        return Path(self.image_root) / self.rows[i].dir
+
+    def load(self, i: int) -> Image.Image:
+        return read_image(self.path(i))
+
+    def __getitem__(self, i: int):
+        img = self.load(i)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[i])
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB; unreadable or truncated files raise ``ImageReadError`` naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"Cannot read image {path}: {e}") from e
+
+
+def create_dataset(name: str, split: str = "train", root: str = "", **kwargs) -> ManifestDataset:
+    """Python API: ``fgir.create_dataset("cub100", split="test", root="../shared/data/cub100")``."""
+    return ManifestDataset(name, split, root, **kwargs)
+
+
+# ----------------------------------------------------------------------------- decoded cache
+def _cache_key(ds: ManifestDataset, size: int) -> str:
+    h = hashlib.sha1()
+    h.update(f"v{CACHE_VERSION}|{size}|{Path(ds.image_root).resolve()}|".encode())
+    for r in ds.rows:
+        h.update(f"{r.class_id},{r.dir}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def decoded_cache(ds: ManifestDataset, size: int, cache_dir: str = "", skip_bad: bool = False,
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """All images of ``ds`` square-resized to ``size`` as a memory-mapped (N, size, size, 3) uint8
+    array, built once (atomically) and reused. Returns (array, indices of usable rows)."""
+    base = Path(cache_dir) if cache_dir else cache_home() / "arrays"
+    base.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(ds, size)
+    arr_path = base / f"{ds.name}-{ds.split}-{size}-{key}.npy"
+    meta_path = arr_path.with_suffix(".json")
+    if arr_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        bad = meta.get("bad", [])
+        _check_bad(bad, ds, skip_bad)
+        keep = np.array([i for i in range(len(ds)) if i not in set(bad)], dtype=np.int64)
+        return np.load(arr_path, mmap_mode="r"), keep
+    tmp = arr_path.with_name(arr_path.name + f".tmp{os.getpid()}")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ds), size, size, 3))
+    bad: list[int] = []
+    prev = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        it = tqdm(range(len(ds)), desc=f"caching {ds.name}/{ds.split} @{size}px", disable=not progress,
+                  leave=False)
+        for i in it:
+            try:
+                arr[i] = load_resized(ds.load(i), size)
+            except ImageReadError as e:
+                if not skip_bad:
+                    raise ImageReadError(f"{e}. Set data.skip_bad=true to skip and count unreadable images.") from e
+                bad.append(i)
+        arr.flush()
+        del arr
+        os.replace(tmp, arr_path)
+        meta_path.write_text(json.dumps({"size": size, "n": len(ds), "bad": bad,
+                                         "bad_files": [ds.rows[i].dir for i in bad]}))
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = prev
+        if tmp.exists():
+            tmp.unlink()
+    _check_bad(bad, ds, skip_bad)
+    keep = np.array([i for i in range(len(ds)) if i not in set(bad)], dtype=np.int64)
+    return np.load(arr_path, mmap_mode="r"), keep
+
+
+def _check_bad(bad: list[int], ds: ManifestDataset, skip_bad: bool) -> None:
+    if not bad:
+        return
+    files = [str(ds.path(i)) for i in bad[:5]]
+    if not skip_bad:
+        raise ImageReadError(f"{len(bad)} unreadable image(s) in {ds.name}/{ds.split}, e.g. {files}. "
+                             "Set data.skip_bad=true to skip them.")
+    warnings.warn(f"Skipping {len(bad)} unreadable image(s) in {ds.name}/{ds.split}: {files}", stacklevel=3)

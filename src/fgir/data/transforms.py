@@ -1,0 +1,131 @@
+"""Batched augmentation on uint8 tensors (the decoded cache) and the matching eval transform.
+
+Images are stored square-resized to ``int(resize_ratio * S)`` (the reference engine's "square
+resize to int(1.34 S)"); training takes a random S crop (or a RandomResizedCrop), flips,
+applies TrivialAugment / RandAugment (torchvision v2, on groups of images so the cost stays
+a few percent of a training step), normalises, and optionally random-erases (timm).
+Evaluation takes the centre S crop. Everything runs on whole batches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def stored_size(img_size: int, resize_ratio: float) -> int:
+    """Side of the square the images are resized to before cropping (reference: int(1.34 S))."""
+    return max(img_size, int(resize_ratio * img_size))
+
+
+def load_resized(img: Image.Image, size: int) -> np.ndarray:
+    """PIL image -> square-resized (bicubic, antialiased) uint8 HxWx3 array."""
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def normalize(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return (x_uint8.float() - m) / s
+
+
+def parse_auto_augment(name: str):
+    """'' -> None; 'trivial' -> TrivialAugmentWide; 'rand-m9-n2' (timm style) -> RandAugment."""
+    if not name:
+        return None
+    if name in ("trivial", "ta", "trivialaugment"):
+        return v2.TrivialAugmentWide()
+    if name.startswith("rand"):
+        m = re.search(r"-m(\d+)", name)
+        n = re.search(r"-n(\d+)", name)
+        return v2.RandAugment(num_ops=int(n.group(1)) if n else 2, magnitude=int(m.group(1)) if m else 9)
+    if name in ("augmix",):
+        return v2.AugMix()
+    raise ValueError(f"data.auto_augment='{name}' is not supported; expected '', 'trivial', "
+                     "'rand-m9-n2' (RandAugment magnitude 9, 2 ops) or 'augmix'.")
+
+
+@dataclass
+class BatchTransform:
+    """Turns a uint8 batch (B,3,H,W) at the stored size into a normalised float batch (B,3,S,S)."""
+
+    img_size: int
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    train: bool = False
+    crop: str = "random"
+    hflip: bool = True
+    auto_augment: str = ""
+    aug_group: int = 4
+    random_erasing: float = 0.0
+
+    def __post_init__(self):
+        self._aa = parse_auto_augment(self.auto_augment) if self.train else None
+        self._re = None
+        if self.train and self.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self._re = RandomErasing(self.random_erasing, mode="const", device="cpu")
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        if not self.train:
+            return normalize(center_crop(x, self.img_size), self.mean, self.std)
+        b, _, h, w = x.shape
+        s = self.img_size
+        if self.crop == "rrc":
+            x = self._random_resized_crop(x, gen)
+        elif h > s or w > s:
+            tops = torch.randint(0, h - s + 1, (b,), generator=gen)
+            lefts = torch.randint(0, w - s + 1, (b,), generator=gen)
+            rows = tops[:, None] + torch.arange(s)[None]  # B x S
+            cols = lefts[:, None] + torch.arange(s)[None]
+            idx = torch.arange(b)[:, None, None]
+            x = x.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+        if self.hflip:
+            flip = torch.rand(b, generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self._aa is not None:
+            g = max(1, self.aug_group)
+            x = torch.cat([self._aa(x[i:i + g]) for i in range(0, b, g)])
+        out = normalize(x, self.mean, self.std)
+        if self._re is not None:
+            out = self._re(out)
+        return out
+
+    def _random_resized_crop(self, x: torch.Tensor, gen, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        b, _, h, w = x.shape
+        area = h * w * torch.empty(b).uniform_(*scale, generator=gen)
+        logr = torch.empty(b).uniform_(np.log(ratio[0]), np.log(ratio[1]), generator=gen)
+        ar = torch.exp(logr)
+        cw = torch.sqrt(area * ar).clamp(1, w)
+        ch = torch.sqrt(area / ar).clamp(1, h)
+        x0 = torch.rand(b, generator=gen) * (w - cw)
+        y0 = torch.rand(b, generator=gen) * (h - ch)
+        boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
+        out = roi_align(x.float(), boxes, output_size=self.img_size, spatial_scale=1.0, sampling_ratio=2,
+                        aligned=True)
+        return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def resize_for_eval(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float batch resize (bicubic) used when a model needs another resolution than the batch."""
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)

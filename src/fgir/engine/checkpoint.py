@@ -1,0 +1,237 @@
+"""Checkpoints: safetensors weights with JSON metadata inside, never pickles.
+
+A run folder holds ``last.safetensors`` (the deployable weights; the resolved config, class
+names, epoch and metrics live in the file's metadata, so the file alone rebuilds the model),
+``best.safetensors`` with ``run.selection=best_val``, and ``state_eNNNN.safetensors`` with the
+training state (optimizer, scheduler, scaler, EMA, RNG, epoch, step) that ``--resume`` needs.
+Each file is written to a temporary name and renamed into place, and the state file for an
+epoch is written *before* the weights that point at it, so a crash or Ctrl-C at any moment
+leaves the last complete checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..config import Config, config_from_dict, to_dict
+
+SCHEMA = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not fit the model it is loaded into."""
+
+
+# ----------------------------------------------------------------------------- generic state <-> tensors
+def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "s") -> Any:
+    """Replace tensors in a nested structure by references; returns a JSON-able skeleton."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[flatten_state(k, tensors, f"{prefix}.k{i}"), flatten_state(v, tensors, f"{prefix}.{i}")]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__":
+                [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"Cannot store object of type {type(obj).__name__} in a checkpoint.")
+
+
+def unflatten_state(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__dict__" in skel:
+            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in skel["__dict__"]}
+        if "__list__" in skel:
+            return [unflatten_state(v, tensors) for v in skel["__list__"]]
+        if "__tuple__" in skel:
+            return tuple(unflatten_state(v, tensors) for v in skel["__tuple__"])
+        if "__ndarray__" in skel:
+            return np.array(skel["__ndarray__"], dtype=skel["dtype"])
+    return skel
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()),
+            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2]}
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np_state = st["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
+
+
+# ----------------------------------------------------------------------------- weights
+def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    """Write the model's state dict and ``meta`` (JSON) atomically to a .safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v for k, v in model.state_dict().items()}
+    # safetensors refuses shared storage: clone tensors that alias another entry
+    seen: dict[int, str] = {}
+    for k, v in list(sd.items()):
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel() > 0:
+            sd[k] = v.clone()
+        seen[ptr] = k
+    _atomic_save(sd, path, {"fgir": json.dumps({"schema": SCHEMA, **meta})})
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder resolves to its ``best.safetensors`` (if selection=best_val) or ``last.safetensors``."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                cfg_sel = read_meta(p / "last.safetensors").get("config", {}).get("run", {}).get("selection") \
+                    if (p / "last.safetensors").is_file() else "last"
+                if name == "best.safetensors" and cfg_sel != "best_val":
+                    continue
+                return p / name
+        raise CheckpointError(f"No checkpoint in run folder {p} (expected last.safetensors).")
+    if not p.is_file():
+        raise CheckpointError(f"Checkpoint not found: {p}")
+    if p.suffix != ".safetensors":
+        raise CheckpointError(f"{p}: fgir checkpoints are .safetensors files; for a timm/PyTorch state dict use "
+                              "model.checkpoint=... or `fgir import`.")
+    return p
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    p = resolve_checkpoint(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{p} is not a readable safetensors file: {e}") from e
+    if "fgir" not in meta:
+        raise CheckpointError(f"{p} has no fgir metadata (not written by fgir).")
+    return json.loads(meta["fgir"])
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def build_from_meta(meta: dict) -> tuple[nn.Module, Config]:
+    from .build import build_model
+
+    cfg = config_from_dict(meta["config"])
+    cfg.model.pretrained = False
+    cfg.model.checkpoint = ""
+    return build_model(cfg, meta["num_classes"]), cfg
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Rebuild the deployable model from a checkpoint's embedded config and load its weights.
+
+    The returned module carries ``fgir_meta`` (class names, config, metrics, normalisation)."""
+    p = resolve_checkpoint(path)
+    meta = read_meta(p)
+    model, _ = build_from_meta(meta)
+    load_weights_into(model, read_tensors(p), where=str(p))
+    model.fgir_meta = meta
+    return model.to(device).eval()
+
+
+def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str, strict: bool = True) -> None:
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise CheckpointError(f"{where} does not fit this model ({len(mismatched)} shape mismatches, e.g. "
+                              f"{mismatched[:3]}). Is it another architecture or class count?")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{where} does not match the model architecture: missing {list(missing)[:5]} "
+                              f"({len(missing)}), unexpected {list(unexpected)[:5]} ({len(unexpected)}).")
+
+
+def init_from_checkpoint(model: nn.Module, path: str, num_classes: int) -> None:
+    """``model.checkpoint=...``: take the backbone from an fgir checkpoint (or a plain state dict
+    file); the classifier is kept only when the class counts agree."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"model.checkpoint={path}: file not found.")
+    if p.is_dir() or p.suffix == ".safetensors":
+        p = resolve_checkpoint(p)
+        sd = read_tensors(p)
+    else:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        elif isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+            sd = sd["model"]
+    own = model.state_dict()
+    drop = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if drop:
+        print(f"model.checkpoint: re-initialising {len(drop)} tensor(s) whose shape differs (head for "
+              f"{num_classes} classes): {drop[:4]}")
+    sd = {k: v for k, v in sd.items() if k not in drop}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in drop]
+    if unexpected or len(missing) > len(drop) + 2:
+        raise CheckpointError(f"model.checkpoint={path} does not match '{type(model).__name__}': missing "
+                              f"{missing[:5]} ({len(missing)}), unexpected {list(unexpected)[:5]} ({len(unexpected)}).")
+
+
+# ----------------------------------------------------------------------------- training state
+def save_training_state(run_dir: Path, epoch: int, state: dict) -> Path:
+    tensors: dict[str, torch.Tensor] = {}
+    skel = flatten_state(state, tensors)
+    path = run_dir / f"state_e{epoch:04d}.safetensors"
+    _atomic_save(tensors, path, {"fgir_state": json.dumps(skel), "epoch": str(epoch)})
+    return path
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"Training state {p} not found; cannot resume exactly.")
+    with safe_open(str(p), framework="pt") as f:
+        skel = json.loads(f.metadata()["fgir_state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return unflatten_state(skel, tensors)
+
+
+def prune_states(run_dir: Path, keep: str) -> None:
+    for p in run_dir.glob("state_e*.safetensors"):
+        if p.name != keep:
+            p.unlink(missing_ok=True)
+
+
+def checkpoint_meta(cfg: Config, num_classes: int, class_names: list[str], epoch: int, step: int,
+                    mean, std, metrics: dict | None = None, state_file: str = "") -> dict:
+    return {"config": to_dict(cfg), "num_classes": num_classes, "class_names": class_names, "epoch": epoch,
+            "step": step, "mean": list(mean), "std": list(std), "img_size": cfg.data.img_size,
+            "metrics": metrics or {}, "state_file": state_file}

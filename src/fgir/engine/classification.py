@@ -1,0 +1,33 @@
+"""Plain classification: cross-entropy (label smoothing) or soft-target CE after mixup/cutmix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import TASKS
+from .task import Task
+
+
+class ClassificationTask(Task):
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.model(batch["image"])
+        return {"loss": classification_loss(logits, batch["target"], self.label_smoothing), "logits": logits}
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """CE with label smoothing for hard targets; soft-target CE for (B, K) mixed targets."""
+    if target.ndim == 2:
+        return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
+@TASKS.register("classification")
+def build_classification(cfg, model: nn.Module, num_classes: int) -> ClassificationTask:
+    return ClassificationTask(model, cfg.optim.label_smoothing)

@@ -1,0 +1,329 @@
+"""Accuracy metrics over a complete test split (spec evaluation.md §4).
+
+:class:`MetricAccumulator` collects, per image, the label, the top-5 predictions with their
+probabilities and the negative log-likelihood of the true class (on CPU, a few numbers per image,
+so K x N probability matrices are never kept). :meth:`MetricAccumulator.compute` turns them into
+top-1 / top-5, per-class accuracy, mean per-class accuracy, class deviation, macro-F1, ECE, NLL
+and the confusion matrix, using torchmetrics for the confusion matrix, F1 and calibration error.
+
+Under ``torch.distributed`` every rank calls ``compute()`` (or ``sync()``): the per-image records
+of all ranks are all-gathered (padded to the longest rank, then trimmed), so every rank sees the
+whole test set. When image ids are given, duplicates (``DistributedSampler`` pads the last
+batch by repeating images) are dropped so each test image counts exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import uuid
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+ECE_BINS = 15
+_TOPK = 5
+
+
+def _dist_world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (same trailing shape on every rank, any length) over all ranks, rank order."""
+    world = dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    t = t.to(device).contiguous()
+    n = torch.tensor([t.shape[0]], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    lengths = [int(s.item()) for s in sizes]
+    longest = max(lengths)
+    padded = torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))])
+    buffers = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(buffers, padded)
+    return torch.cat([b[:m] for b, m in zip(buffers, lengths)]).cpu()
+
+
+def _atomic_write_text(path: str | os.PathLike, rows: list[list[Any]]) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # a unique sibling name (not mkstemp, whose 0600 mode would survive the rename)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.csv")
+    try:
+        with open(tmp, "x", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class MetricAccumulator:
+    """Accumulates predictions batch by batch and computes the §4 metrics.
+
+    Args:
+        num_classes: K, from the dataset's class table (not from the labels seen).
+        class_names: optional K names used in ``per_class`` and the per-class CSV.
+        input_type: ``"auto"`` (probabilities if every row is in [0, 1] and sums to 1, else
+            logits), ``"logits"`` or ``"probs"``.
+
+    Example:
+        >>> acc = MetricAccumulator(num_classes=200)
+        >>> for batch in loader:                                       # doctest: +SKIP
+        ...     acc.update(model(batch["image"]), batch["label"], ids=batch["index"])
+        >>> result = acc.compute()                                    # doctest: +SKIP
+    """
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None,
+                 input_type: str = "auto") -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries but num_classes={num_classes}; "
+                             "pass one name per class id")
+        if input_type not in ("auto", "logits", "probs"):
+            raise ValueError(f"input_type must be 'auto', 'logits' or 'probs', got {input_type!r}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.input_type = input_type
+        self.k = min(_TOPK, num_classes)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        self._labels: list[torch.Tensor] = []
+        self._topk_ids: list[torch.Tensor] = []
+        self._topk_probs: list[torch.Tensor] = []
+        self._nll: list[torch.Tensor] = []
+        self._ids: list[Any] = []
+        self._has_ids: bool | None = None
+        self._synced = False
+        self.duplicates_dropped = 0
+
+    def __len__(self) -> int:
+        return sum(t.shape[0] for t in self._labels)
+
+    def _to_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and log-probabilities (float32) of a (B, K) batch."""
+        x = x.detach().float()
+        is_probs = self.input_type == "probs"
+        if self.input_type == "auto":
+            is_probs = bool(((x >= 0) & (x <= 1)).all()) and bool(
+                torch.allclose(x.sum(1), torch.ones(x.shape[0], device=x.device), atol=1e-2))
+        if is_probs:
+            return x, torch.log(x.clamp_min(1e-12))
+        logp = F.log_softmax(x, dim=1)
+        return logp.exp(), logp
+
+    @torch.no_grad()
+    def update(self, logits_or_probs: torch.Tensor, labels: torch.Tensor,
+               ids: Sequence[Any] | torch.Tensor | None = None) -> None:
+        """Add one batch.
+
+        Args:
+            logits_or_probs: (B, K) logits or probabilities (see ``input_type``).
+            labels: (B,) hard integer labels (``batch["label"]``, not mixed soft targets).
+            ids: optional B image ids (dataset indices or names) for the predictions CSV and
+                for de-duplication across ranks.
+        """
+        if self._synced:
+            raise RuntimeError("update() after sync()/compute() in a distributed run would mix local and "
+                               "gathered records; call reset() first")
+        if logits_or_probs.ndim != 2 or logits_or_probs.shape[1] != self.num_classes:
+            raise ValueError(f"expected (B, {self.num_classes}) logits or probabilities, "
+                             f"got shape {tuple(logits_or_probs.shape)}")
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or labels.is_floating_point():
+            raise TypeError(f"labels must be a 1-D integer tensor of class ids, got shape "
+                            f"{tuple(labels.shape)} dtype {labels.dtype}; pass batch['label'], not soft targets")
+        if labels.shape[0] != logits_or_probs.shape[0]:
+            raise ValueError(f"{logits_or_probs.shape[0]} predictions but {labels.shape[0]} labels")
+        labels = labels.detach().long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        has_ids = ids is not None
+        if self._has_ids is None:
+            self._has_ids = has_ids
+        elif self._has_ids != has_ids:
+            raise ValueError("pass ids for every batch or for none")
+        if has_ids:
+            ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+            if len(ids) != labels.shape[0]:
+                raise ValueError(f"{len(ids)} ids for {labels.shape[0]} images")
+            self._ids.extend(ids)
+
+        probs, logp = self._to_probs(logits_or_probs)
+        top_p, top_i = probs.topk(self.k, dim=1)
+        nll = -logp.gather(1, labels.to(logp.device)[:, None]).squeeze(1)
+        self._labels.append(labels.cpu())
+        self._topk_ids.append(top_i.cpu())
+        self._topk_probs.append(top_p.cpu())
+        self._nll.append(nll.cpu())
+
+    def _cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self._labels:
+            return (torch.zeros(0, dtype=torch.long), torch.zeros(0, self.k, dtype=torch.long),
+                    torch.zeros(0, self.k), torch.zeros(0))
+        return (torch.cat(self._labels), torch.cat(self._topk_ids), torch.cat(self._topk_probs),
+                torch.cat(self._nll))
+
+    def sync(self) -> None:
+        """All-gather the records of every rank (collective: call on all ranks). No-op without DDP."""
+        if self._synced or _dist_world_size() == 1:
+            return
+        labels, top_i, top_p, nll = self._cat()
+        longs = _all_gather_cat(torch.cat([labels[:, None], top_i], dim=1))
+        floats = _all_gather_cat(torch.cat([top_p, nll[:, None]], dim=1))
+        flags = [None] * dist.get_world_size()
+        dist.all_gather_object(flags, bool(self._has_ids))
+        ids = None
+        if any(flags):
+            if not all(flags):
+                raise ValueError("some ranks passed ids and others did not")
+            gathered: list[list[Any]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(gathered, self._ids)
+            ids = [i for part in gathered for i in part]
+        if ids is not None:  # DistributedSampler repeats images to even out ranks: keep first copies
+            seen: set[Any] = set()
+            keep = []
+            for j, i in enumerate(ids):
+                if i not in seen:
+                    seen.add(i)
+                    keep.append(j)
+            self.duplicates_dropped = len(ids) - len(keep)
+            index = torch.tensor(keep, dtype=torch.long)
+            longs, floats, ids = longs[index], floats[index], [ids[j] for j in keep]
+        self._labels, self._topk_ids = [longs[:, 0]], [longs[:, 1:]]
+        self._topk_probs, self._nll = [floats[:, :-1]], [floats[:, -1]]
+        self._ids = ids if ids is not None else []
+        self._synced = True
+
+    def predictions(self) -> dict[str, Any]:
+        """Per-image records: ``image_id`` (list), ``label``, ``topk_ids`` (N, k), ``topk_probs``, ``nll``."""
+        if _dist_world_size() > 1 and not self._synced:
+            warnings.warn("torch.distributed is initialised but the accumulator has not been synced: only "
+                          "this rank's images are returned; call compute() or sync() on every rank first",
+                          stacklevel=2)
+        labels, top_i, top_p, nll = self._cat()
+        ids = list(self._ids) if self._has_ids else list(range(labels.shape[0]))
+        return {"image_id": ids, "label": labels, "topk_ids": top_i, "topk_probs": top_p, "nll": nll}
+
+    def compute(self, sync: bool | None = None) -> dict[str, Any]:
+        """All metrics over every image seen (on every rank when ``torch.distributed`` is initialised).
+
+        Args:
+            sync: gather across ranks first; default: whenever the world size is > 1.
+
+        Returns:
+            A dict with ``top1``, ``top5`` (only when K >= 5), ``mean_per_class_acc``,
+            ``class_deviation`` (sample std, n-1, over classes with test images; NaN with fewer
+            than two), ``macro_f1`` (torchmetrics; classes neither present nor predicted are left
+            out), ``ece`` (15 bins, L1) — all in percent, unrounded — plus ``nll`` (mean, nats),
+            ``num_images``, ``num_classes``, ``empty_classes`` (ids with no test image),
+            ``per_class`` (K dicts: class_id, class_name, correct, total, accuracy; accuracy is
+            None for empty classes) and ``confusion_matrix`` (K x K int64, rows = true class,
+            columns = predicted).
+        """
+        # Imported here so that importing fgir.engine stays fast (torchmetrics takes seconds to import).
+        from torchmetrics.functional.classification import (
+            binary_calibration_error,
+            multiclass_confusion_matrix,
+            multiclass_f1_score,
+        )
+
+        if sync is None:
+            sync = _dist_world_size() > 1
+        if sync:
+            self.sync()
+        labels, top_i, top_p, nll = self._cat()
+        n, k_cls = labels.shape[0], self.num_classes
+        if n == 0:
+            raise ValueError("no images were accumulated; call update() before compute()")
+        pred = top_i[:, 0]
+        cm = multiclass_confusion_matrix(pred, labels, num_classes=k_cls, validate_args=False).long()
+        correct_c = cm.diagonal()
+        total_c = cm.sum(1)
+        correct = int(correct_c.sum())
+
+        names = self.class_names or [str(c) for c in range(k_cls)]
+        per_class, accs, empty = [], [], []
+        for c in range(k_cls):
+            tot, cor = int(total_c[c]), int(correct_c[c])
+            acc = 100.0 * cor / tot if tot else None
+            if acc is None:
+                empty.append(c)
+            else:
+                accs.append(acc)
+            per_class.append({"class_id": c, "class_name": names[c], "correct": cor, "total": tot,
+                              "accuracy": acc})
+        if empty:
+            shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+            warnings.warn(f"{len(empty)} of {k_cls} classes have no test images and are skipped in the mean "
+                          f"per-class accuracy and class deviation (class ids: {shown})", stacklevel=2)
+
+        correct_flags = (pred == labels)
+        result: dict[str, Any] = {"top1": 100.0 * correct / n}
+        if k_cls >= _TOPK:
+            result["top5"] = 100.0 * int((top_i == labels[:, None]).any(1).sum()) / n
+        result["mean_per_class_acc"] = statistics.fmean(accs)
+        result["class_deviation"] = statistics.stdev(accs) if len(accs) > 1 else math.nan
+        result["macro_f1"] = 100.0 * float(multiclass_f1_score(
+            pred, labels, num_classes=k_cls, average="macro", validate_args=False))
+        # Equal to MulticlassCalibrationError(n_bins=15, norm="l1") on the full probabilities: that
+        # metric only uses the top-1 confidence and whether the top-1 prediction is right.
+        result["ece"] = 100.0 * float(binary_calibration_error(
+            top_p[:, 0].float().contiguous(), correct_flags.long(), n_bins=ECE_BINS, norm="l1", validate_args=False))
+        result["nll"] = float(nll.double().mean())
+        result.update(num_images=n, num_classes=k_cls, empty_classes=empty, per_class=per_class,
+                      confusion_matrix=cm)
+        return result
+
+
+def write_per_class_csv(path: str | os.PathLike, result: dict[str, Any]) -> str:
+    """CSV ``class_id, class_name, correct, total, accuracy`` (accuracy in percent, blank if no images)."""
+    rows: list[list[Any]] = [["class_id", "class_name", "correct", "total", "accuracy"]]
+    for r in result["per_class"]:
+        rows.append([r["class_id"], r["class_name"], r["correct"], r["total"],
+                     "" if r["accuracy"] is None else repr(r["accuracy"])])
+    return _atomic_write_text(path, rows)
+
+
+def write_predictions_csv(path: str | os.PathLike, accumulator: MetricAccumulator) -> str:
+    """CSV ``image_id, class_id, pred_id, prob, top5_ids`` (prob of the top-1; top-5 ids space-separated).
+
+    In a distributed run call ``accumulator.compute()`` (or ``sync()``) on every rank first and
+    write from one rank.
+    """
+    p = accumulator.predictions()
+    rows: list[list[Any]] = [["image_id", "class_id", "pred_id", "prob", "top5_ids"]]
+    for image_id, y, ids, probs in zip(p["image_id"], p["label"].tolist(), p["topk_ids"].tolist(),
+                                       p["topk_probs"].tolist()):
+        rows.append([image_id, y, ids[0], repr(probs[0]), " ".join(map(str, ids))])
+    return _atomic_write_text(path, rows)
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One human line, accuracies to 2 decimals, e.g. ``top1 91.23 | top5 98.80 | mpca 90.95 ± 6.10 | ...``."""
+    parts = [f"top1 {result['top1']:.2f}"]
+    if "top5" in result:
+        parts.append(f"top5 {result['top5']:.2f}")
+    parts.append(f"mpca {result['mean_per_class_acc']:.2f} ± {result['class_deviation']:.2f}")
+    parts.append(f"macro-F1 {result['macro_f1']:.2f}")
+    parts.append(f"ECE {result['ece']:.2f}")
+    parts.append(f"NLL {result['nll']:.4f}")
+    parts.append(f"N {result['num_images']}")
+    return " | ".join(parts)
