@@ -245,14 +245,16 @@ def _validate_cal_tgda(cfg: Config) -> None:
         raise ConfigError(f"task.cal.center_beta must be in [0, 1], got {c.center_beta}.")
     if c.logit_scale <= 0:
         raise ConfigError(f"task.cal.logit_scale must be > 0, got {c.logit_scale}.")
-    for key, rng in [("task.cal.crop_threshold", c.crop_threshold), ("task.cal.drop_threshold", c.drop_threshold),
+    for key, rng in [("task.cal.crop_threshold", c.crop_threshold),
+                     ("task.cal.drop_threshold", c.drop_threshold),
                      ("task.cal.mix_threshold", c.mix_threshold)]:
         try:
             vals = [float(v) for v in rng]
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{key} must be [lo, hi] numbers, got {rng!r}.") from e
         if len(vals) != 2 or not 0 <= vals[0] <= vals[1] <= 1:
-            raise ConfigError(f"{key} must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the map's max), got {rng!r}.")
+            raise ConfigError(f"{key} must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the map's max), "
+                              f"got {rng!r}.")
         setattr(c, key.rsplit(".", 1)[1], vals)  # CLI lists arrive as strings
     for key, val in [("task.cal.crop_padding", c.crop_padding), ("task.cal.mix_padding", c.mix_padding)]:
         if not 0 <= val < 1:
@@ -265,7 +267,8 @@ def _validate_cal_tgda(cfg: Config) -> None:
         n = 1 + len(t.views)
         if len(t.view_weights) != n:
             raise ConfigError(f"task.tgda.view_weights needs {n} values (raw + {list(t.views)}), "
-                              f"got {len(t.view_weights)}: {t.view_weights!r}. Leave it empty for the reference weighting.")
+                              f"got {len(t.view_weights)}: {t.view_weights!r}. Leave it empty for the "
+                              "reference weighting.")
         try:
             weights = [float(w) for w in t.view_weights]
         except (TypeError, ValueError) as e:
@@ -276,11 +279,12 @@ def _validate_cal_tgda(cfg: Config) -> None:
     if cfg.task.name == "tgda":
         if t.teacher_img_size and t.teacher_img_size != cfg.data.img_size:
             raise ConfigError(f"task.tgda.teacher_img_size={t.teacher_img_size} differs from data.img_size="
-                              f"{cfg.data.img_size}: batches arrive at the teacher size S_t. Set data.img_size="
-                              f"{t.teacher_img_size} (and task.tgda.student_img_size for the student).")
+                              f"{cfg.data.img_size}: batches arrive at the teacher size S_t. Set "
+                              f"data.img_size={t.teacher_img_size} (and task.tgda.student_img_size for the "
+                              "student).")
         if "mix" in t.views and cfg.optim.batch_size % 2:
-            raise ConfigError(f"task.tgda.views has 'mix', which pairs samples (2i, 2i+1): optim.batch_size must "
-                              f"be even, got {cfg.optim.batch_size}.")
+            raise ConfigError("task.tgda.views has 'mix', which pairs samples (2i, 2i+1): optim.batch_size "
+                              f"must be even, got {cfg.optim.batch_size}.")
 
 
 def _check_choice(key: str, value: Any, allowed: list[str]) -> None:

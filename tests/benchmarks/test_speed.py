@@ -35,7 +35,8 @@ def test_throughput_min_seconds_extends_the_timed_loop():
 
 def test_throughput_records_environment_fingerprint():
     r = measure_throughput(_tiny(), (32, 24), batch_size=2, iters=1, **FAST)
-    assert (r["device"], r["dtype"], r["batch_size"], r["img_size"], r["threads"]) == ("cpu", "fp32", 2, (32, 24), 1)
+    got = (r["device"], r["dtype"], r["batch_size"], r["img_size"], r["threads"])
+    assert got == ("cpu", "fp32", 2, (32, 24), 1)
     assert r["torch"] == torch.__version__ and r["timm"] and r["peak_mem_allocated_mib"] is None
     assert "_fp32_b2_s32x24_t1" in r["fingerprint"]
 
@@ -59,7 +60,8 @@ def test_unknown_dtype_is_rejected():
 def test_train_step_rate_is_positive_and_updates_weights():
     model = _tiny()
     before = model[-1].weight.detach().clone()
-    rate = measure_train_step_rate(model, 16, batch_size=4, steps=2, warmup=1, repeats=1, threads=1, grad_clip=1.0)
+    rate = measure_train_step_rate(model, 16, batch_size=4, steps=2, warmup=1, repeats=1, threads=1,
+                                   grad_clip=1.0)
     assert rate > 0
     assert not torch.equal(before, model[-1].weight)
 

@@ -209,3 +209,5 @@ def test_builtin_set_is_built_into_its_default_root(tmp_path, monkeypatch):
     mdir, img = resolve_root(spec.name)
     assert mdir == tmp_path / "cache" / "datasets" / "tiny-v1" and img == mdir / "images"
     assert built == [mdir]
+    other = tmp_path / "elsewhere"
+    assert resolve_root(spec.name, other) == (other, other / "images") and built[-1] == other

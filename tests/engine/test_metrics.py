@@ -75,8 +75,10 @@ def test_macro_f1():
 
 def test_ece_fifteen_bins_l1():
     _, r = _hand_result()
-    # bins: {0.45 wrong}, {0.62 right, 0.62 wrong}, {0.70 wrong, 0.70 right}, {0.78 right}, {0.85 right}, {0.90 right}
-    gaps = [0.45 * 1, abs(0.5 - 0.62) * 2, abs(0.5 - 0.70) * 2, (1 - 0.78) * 1, (1 - 0.85) * 1, (1 - 0.90) * 1]
+    # occupied bins: {0.45 wrong}, {0.62 right, 0.62 wrong}, {0.70 wrong, 0.70 right},
+    # {0.78 right}, {0.85 right}, {0.90 right}; ECE = sum over bins of |acc - conf| * n_bin / N
+    gaps = [0.45 * 1, abs(0.5 - 0.62) * 2, abs(0.5 - 0.70) * 2,
+            (1 - 0.78) * 1, (1 - 0.85) * 1, (1 - 0.90) * 1]
     _close(r["ece"], 100 * sum(gaps) / 8, atol=1e-4)
 
 
@@ -207,8 +209,8 @@ def test_distributed_compute_gathers_unequal_ranks_and_drops_repeats(tmp_path):
     probs = torch.cat([PROBS, PROBS[:1]])
     labels = torch.cat([LABELS, LABELS[:1]])
     ids = list(range(8)) + [0]
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "res"), probs, labels, ids),
-                       nprocs=2, start_method="fork")
+    args = (2, str(tmp_path / "store"), str(tmp_path / "res"), probs, labels, ids)
+    mp.start_processes(_ddp_worker, args=args, nprocs=2, start_method="fork")
     single = MetricAccumulator(4)
     single.update(PROBS, LABELS)
     expected = single.compute()

@@ -54,12 +54,14 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
+def _num_threads_and_device(threads: int | None, device: torch.device) -> Iterator[None]:
+    """Fixed thread count (restored afterwards); CUDA events and streams on ``device``."""
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        yield
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            yield
     finally:
         torch.set_num_threads(saved)
 
@@ -114,7 +116,8 @@ def environment(device: str | torch.device = "cpu", dtype: str | None = None, ba
     parts += [dtype, f"b{batch_size}", f"s{size}"]
     if not is_cuda:
         parts.append(f"t{env['threads']}")
-    env["fingerprint"] = "_".join("".join(c if c.isalnum() or c in ".-+" else "-" for c in str(p)) for p in parts)
+    env["fingerprint"] = "_".join(
+        "".join(c if c.isalnum() or c in ".-+" else "-" for c in str(p)) for p in parts)
     return env
 
 
@@ -130,7 +133,9 @@ def _timed_block(step: Callable[[], Any], n: int, device: torch.device) -> tuple
     """Run ``step`` ``n`` times; wall seconds (synchronised) and per-iteration milliseconds.
 
     On CUDA per-iteration times come from events recorded between iterations, so the loop is
-    not serialised by host synchronisation; on CPU from ``perf_counter``.
+    not serialised by host synchronisation: they are steady-state times per batch (GPU time or
+    launch-bound host time, whichever is longer), not the latency of an isolated request.
+    On CPU they come from ``perf_counter``.
     """
     if device.type == "cuda":
         events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
@@ -167,16 +172,19 @@ def _run_repeats(step: Callable[[], Any], device: torch.device, iters: int, min_
     return counts, seconds, latencies
 
 
-def _check_counts(warmup: int, iters: int, repeats: int, min_seconds: float) -> None:
+def _check_counts(warmup: int, iters: int, repeats: int, min_seconds: float, batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if warmup < 0 or iters < 1 or repeats < 1 or min_seconds < 0:
-        raise ValueError(f"need warmup >= 0, iters >= 1, repeats >= 1 and min_seconds >= 0; got warmup={warmup}, "
-                         f"iters={iters}, repeats={repeats}, min_seconds={min_seconds}")
+        raise ValueError("need warmup >= 0, iters >= 1, repeats >= 1 and min_seconds >= 0; got "
+                         f"warmup={warmup}, iters={iters}, repeats={repeats}, min_seconds={min_seconds}")
 
 
 def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_size: int = 32,
                        device: str | torch.device = "cpu", dtype: str | None = None, warmup: int = 10,
-                       iters: int = 50, min_seconds: float = 10.0, repeats: int = 3, channels_last: bool = False,
-                       threads: int | None = None, in_chans: int = 3) -> dict[str, Any]:
+                       iters: int = 50, min_seconds: float = 10.0, repeats: int = 3,
+                       channels_last: bool = False, threads: int | None = None,
+                       in_chans: int = 3) -> dict[str, Any]:
     """Inference throughput, latency and peak memory with the §3.2 protocol.
 
     The model is moved to ``device`` (and to channels-last when asked) in place and left in the
@@ -198,16 +206,17 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
 
     Returns:
         A flat dict: ``img_per_s`` (median over repeats), ``img_per_s_repeats``, ``latency_ms_median``
-        and ``latency_ms_p90`` (per batch, over every timed iteration), ``iters_per_repeat``,
+        and ``latency_ms_p90`` (per batch, over every timed iteration; on CUDA the steady-state
+        time between CUDA events, with no host sync per iteration), ``iters_per_repeat``,
         ``peak_mem_allocated_mib`` and ``peak_mem_reserved_mib`` (None on CPU), plus the
         :func:`environment` fingerprint.
     """
-    _check_counts(warmup, iters, repeats, min_seconds)
+    _check_counts(warmup, iters, repeats, min_seconds, batch_size)
     dev, dtype = _resolve(device, dtype)
     h, w = _hw(img_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
-    with _num_threads(threads):
+    with _num_threads_and_device(threads, dev):
         model.to(dev)
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -230,6 +239,7 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
         finally:
             model.train(was_training)
         rates = [batch_size * n / s for n, s in zip(counts, seconds)]
+        is_cuda = dev.type == "cuda"
         result: dict[str, Any] = {
             "img_per_s": statistics.median(rates),
             "img_per_s_repeats": rates,
@@ -238,8 +248,8 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
             "iters_per_repeat": counts,
             "seconds_per_repeat": seconds,
             "warmup": warmup,
-            "peak_mem_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
-            "peak_mem_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20 if dev.type == "cuda" else None,
+            "peak_mem_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if is_cuda else None,
+            "peak_mem_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20 if is_cuda else None,
         }
         result.update(environment(dev, dtype, batch_size, img_size, threads, channels_last))
     return result
@@ -256,13 +266,17 @@ def _logits(out: Any) -> torch.Tensor:
                     "return a tensor, a dict with 'logits' or a tuple whose first item is the logits")
 
 
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
 def measure_train_step_rate(model: nn.Module, img_size: int | tuple[int, int], batch_size: int,
-                            optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+                            optimizer_factory: OptimizerFactory | None = None,
                             steps: int = 50, warmup: int = 10, device: str | torch.device = "cpu",
                             dtype: str | None = None, repeats: int = 3, min_seconds: float = 0.0,
                             grad_clip: float | None = None, channels_last: bool = False,
                             threads: int | None = None, in_chans: int = 3,
-                            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
+                            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                            ) -> float:
     """Training img/s of forward + backward + optimiser step on in-memory tensors (median of repeats).
 
     Mirrors the engine's step: autocast at ``dtype`` with a GradScaler for fp16 on CUDA,
@@ -281,20 +295,21 @@ def measure_train_step_rate(model: nn.Module, img_size: int | tuple[int, int], b
         grad_clip: max global grad norm (the engine clips at 1.0 on the fp16 path), None = off.
         loss_fn: ``(logits, target) -> loss``; default cross-entropy on random labels.
     """
-    _check_counts(warmup, steps, repeats, min_seconds)
+    _check_counts(warmup, steps, repeats, min_seconds, batch_size)
     dev, dtype = _resolve(device, dtype)
     h, w = _hw(img_size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     loss_fn = loss_fn or F.cross_entropy
-    with _num_threads(threads):
+    with _num_threads_and_device(threads, dev):
         model.to(dev)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the model has no trainable parameters; unfreeze something or check the freezing rule")
+            raise ValueError("the model has no trainable parameters; unfreeze some or check the "
+                             "method's freezing rule")
         optimizer = (optimizer_factory or (lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)))(params)
         scaler = torch.amp.GradScaler(dev.type, enabled=dtype == "fp16" and dev.type == "cuda")
         x = torch.randn(batch_size, in_chans, h, w, device=dev).contiguous(memory_format=fmt)

@@ -202,8 +202,9 @@ def resolve_root(name: str, root: str | os.PathLike = "", *, check_counts: bool 
     """Locate the manifest of dataset ``name``: returns ``(manifest_dir, image_root)``.
 
     The root is ``root`` if given, else ``$FGIR_DATA/<spec.default_root>``; built-in sets with no
-    root are materialised by their builder into its default folder. A root holding the four split
-    CSVs (``train_val``, ``test``, ``train``, ``val``) is used as it is; its image root is
+    root are materialised by their builder into its default folder (or into ``root`` when given
+    and still empty). A root holding the four split CSVs (``train_val``, ``test``, ``train``,
+    ``val``) is used as it is; its image root is
     manifest.json's ``image_root`` if present, else ``<root>/<spec.image_folder>``. A root with
     only part of the CSVs, suffixed reference CSVs or an official layout the spec's converter
     reads is prepared once into :func:`cached_manifest_dir` (reused afterwards unless
@@ -227,6 +228,8 @@ def resolve_root(name: str, root: str | os.PathLike = "", *, check_counts: bool 
         raise FileNotFoundError(
             f"Dataset '{name}' needs a root: set data.root=... or FGIR_DATA ({_root_hint(spec)}); "
             f"see `fgir data prepare`.")
+    if root and spec.builtin is not None and not has_split_csvs(r):
+        spec.builtin(r)  # its builder refuses to overwrite a folder that is not its own
     if not r.is_dir():
         src = "data.root" if root else "FGIR_DATA"
         raise FileNotFoundError(
@@ -246,7 +249,8 @@ def resolve_root(name: str, root: str | os.PathLike = "", *, check_counts: bool 
             f"{_root_hint(spec)}; see `fgir data prepare`.")
     out = cached_manifest_dir(name, r)
     info = read_manifest_info(out)
-    usable = info.get("validated") and (info.get("checked_counts") or not check_counts) and has_split_csvs(out)
+    usable = (info.get("validated") and (info.get("checked_counts") or not check_counts)
+              and has_split_csvs(out))
     if refresh or not usable:
         prepare(name, r, out, check_counts=check_counts)
     return out, image_root_of(out, spec)

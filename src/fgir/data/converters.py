@@ -164,15 +164,16 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
 
 
 def _read_pairs(path: Path, last: bool = False) -> list[tuple[str, str]]:
-    """Lines ``key value`` or ``key, value`` (value may hold spaces). With ``last`` the key is
-    the *last* token instead (``file label`` lists)."""
+    """``(first, second)`` fields of lines ``a b`` or ``a, b``. The first field is one token and
+    the second may hold spaces; with ``last`` it is the other way round (``file label`` lists)."""
     pat = _LAST if last else _FIRST
     out = []
     for i, line in _lines(path):
         m = pat.match(line)
         if not m:
-            raise ConversionError(f"{path}:{i}: expected two fields separated by a space or ', ', got {line!r}.")
-        out.append((m.group(2), m.group(1)) if last else (m.group(1), m.group(2)))
+            raise ConversionError(f"{path}:{i}: expected two fields separated by a space or ', ', "
+                                  f"got {line!r}.")
+        out.append((m.group(1), m.group(2)))
     return out
 
 
@@ -266,7 +267,8 @@ def convert_reference_csvs(src_root: str | os.PathLike, out_dir: str | os.PathLi
 # ---------------------------------------------------------------------------------------------
 # CUB-200-2011 and NABirds
 # ---------------------------------------------------------------------------------------------
-def _read_cub_like(src: Path) -> tuple[list[str], dict[str, str], dict[str, int], dict[str, str], dict[int, str]]:
+def _read_cub_like(src: Path) -> tuple[list[str], dict[str, str], dict[str, int], dict[str, str],
+                                       dict[int, str]]:
     """(ids in image-id order, id->path, id->label, id->flag, label->class name)."""
     files = {n: src / f"{n}.txt" for n in ("images", "image_class_labels", "train_test_split")}
     pairs = {n: _read_pairs(p) for n, p in files.items()}
@@ -335,11 +337,13 @@ def convert_cub(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_
     class_of = {i: v - base for i, v in lab.items()}
     train_val, test = _split_by_flag(ids, images, class_of, flags, src / "train_test_split.txt")
     return write_manifest(out_dir, train_val=train_val, test=test, class_names=names,
-                          image_root=src / image_folder, converter="cub", source=src, val_fraction=val_fraction)
+                          image_root=src / image_folder, converter="cub", source=src,
+                          val_fraction=val_fraction)
 
 
 @_register("nabirds", ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"),
-           "the official NABirds files (images.txt, image_class_labels.txt, train_test_split.txt, classes.txt)")
+           "the official NABirds files (images.txt, image_class_labels.txt, train_test_split.txt, "
+           "classes.txt)")
 def convert_nabirds(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_fraction: float = 0.8,
                     image_folder: str = "images") -> Path:
     """NABirds: the CUB layout with hierarchy labels; class id = rank of the image's label among
@@ -620,7 +624,8 @@ def _anno_rows(path: Path, prefix: str = "") -> list[tuple[int, str]]:
     return out
 
 
-@_register("soygene", ("anno/train.txt", "anno/test.txt"), "the SoyGene lists (anno/train.txt, anno/test.txt)")
+@_register("soygene", ("anno/train.txt", "anno/test.txt"),
+           "the SoyGene lists (anno/train.txt, anno/test.txt)")
 def convert_soygene(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_fraction: float = 0.8,
                     image_folder: str = "images") -> Path:
     """SoyGene: ``images/`` + ``anno/{train,test}.txt`` (``<file> <label>``, 1-based);
@@ -634,7 +639,8 @@ def convert_soygene(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, 
                           val_fraction=val_fraction)
 
 
-@_register("soyageing", ("R*/anno/train.txt",), "the SoyAgeing rounds (R<k>/anno/train.txt, R<k>/anno/test.txt)")
+@_register("soyageing", ("R*/anno/train.txt",),
+           "the SoyAgeing rounds (R<k>/anno/train.txt, R<k>/anno/test.txt)")
 def convert_soyageing(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_fraction: float = 0.8,
                       rounds: tuple[int, ...] = (1, 3, 4, 5, 6)) -> Path:
     """SoyAgeing: ``R{k}/{images/, anno/train.txt, anno/test.txt}`` per round (``<file> <label>``,
@@ -669,7 +675,7 @@ def _loadmat(path: Path) -> dict:
 def _flat(a) -> list:
     import numpy as np
 
-    return list(np.atleast_1d(np.asarray(a, dtype=object)).ravel())
+    return list(np.atleast_1d(np.asarray(a)).ravel())
 
 
 def _scalar(v) -> object:
@@ -692,10 +698,12 @@ def convert_cars(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val
         c = int(_scalar(a["class"])) - 1
         rows[int(_scalar(a["test"]))].append(Row(c, Path(str(_scalar(a["relative_im_path"]))).name))
     return write_manifest(out_dir, train_val=rows[0], test=rows[1], class_names=names,
-                          image_root=src / image_folder, converter="cars", source=src, val_fraction=val_fraction)
+                          image_root=src / image_folder, converter="cars", source=src,
+                          val_fraction=val_fraction)
 
 
-@_register("dogs", ("train_list.mat", "test_list.mat"), "the Stanford Dogs lists (train_list.mat, test_list.mat)")
+@_register("dogs", ("train_list.mat", "test_list.mat"),
+           "the Stanford Dogs lists (train_list.mat, test_list.mat)")
 def convert_dogs(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_fraction: float = 0.8,
                  image_folder: str = "Images") -> Path:
     """Stanford Dogs: ``{train,test}_list.mat`` (``file_list`` ``<wnid>-<breed>/<file>``,
@@ -722,7 +730,8 @@ def convert_dogs(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val
                           converter="dogs", source=src, val_fraction=val_fraction)
 
 
-@_register("flowers102", ("imagelabels.mat", "setid.mat"), "the Flowers-102 files (imagelabels.mat, setid.mat)")
+@_register("flowers102", ("imagelabels.mat", "setid.mat"),
+           "the Flowers-102 files (imagelabels.mat, setid.mat)")
 def convert_flowers102(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_fraction: float = 0.5,
                        image_folder: str = "jpg", class_names: list[str] | None = None) -> Path:
     """Oxford Flowers-102: ``imagelabels.mat`` (``labels``, 1-based, image i = ``image_{i:05d}.jpg``)
@@ -895,6 +904,7 @@ __all__ = [
     "CONVERTERS", "ConversionError", "Converter", "convert_aircraft", "convert_cars", "convert_class_folders",
     "convert_cub", "convert_daf", "convert_dogs", "convert_flowers102", "convert_food101", "convert_inat17",
     "convert_nabirds", "convert_pets", "convert_reference_csvs", "convert_soyageing", "convert_soygene",
-    "convert_ufgir", "convert_vegfru", "has_reference_csvs", "has_split_csvs", "layout_description", "prepare",
+    "convert_ufgir", "convert_vegfru", "has_reference_csvs", "has_split_csvs", "layout_description",
+    "prepare",
     "run_converter", "source_kind", "validate_manifest", "write_manifest",
 ]

@@ -33,7 +33,7 @@ def load_resized(img: Image.Image, size: int) -> np.ndarray:
     img = img.convert("RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -54,7 +54,7 @@ def parse_auto_augment(name: str):
         return None
     if name in ("trivial", "ta", "trivialaugment"):
         return v2.TrivialAugmentWide()
-    if name.startswith("rand"):
+    if name == "rand" or name.startswith("rand-"):
         m = re.search(r"-m(\d+)", name)
         n = re.search(r"-n(\d+)", name)
         return v2.RandAugment(num_ops=int(n.group(1)) if n else 2, magnitude=int(m.group(1)) if m else 9)

@@ -69,7 +69,8 @@ def kd_loss(student_logits: torch.Tensor | Sequence[torch.Tensor],
     if isinstance(teacher_logits, torch.Tensor):
         teacher_logits = [teacher_logits]
     if len(student_logits) != len(teacher_logits):
-        raise ValueError(f"kd_loss got {len(student_logits)} student views and {len(teacher_logits)} teacher views.")
+        raise ValueError(f"kd_loss got {len(student_logits)} student views and {len(teacher_logits)} "
+                         "teacher views.")
     if temperature <= 0:
         raise ValueError(f"kd_loss temperature must be > 0, got {temperature}.")
     weights = [0.5] * len(student_logits) if weights is None else list(weights)
@@ -206,7 +207,8 @@ class TGDATask(Task):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: TGDAConfig | None = None,
-                 cal: CALConfig | None = None, *, num_classes: int | None = None, label_smoothing: float = 0.0,
+                 cal: CALConfig | None = None, *, num_classes: int | None = None,
+                 label_smoothing: float = 0.0,
                  teacher_mean: Sequence[float] | None = None, teacher_std: Sequence[float] | None = None,
                  student_mean: Sequence[float] | None = None, student_std: Sequence[float] | None = None,
                  teacher_classes: Sequence[str] | None = None, student_classes: Sequence[str] | None = None,
@@ -225,8 +227,8 @@ class TGDATask(Task):
         self.view_weights = [float(w) for w in cfg.view_weights] or None
         self.label_smoothing = label_smoothing
         self.generator = generator
-        tm = _stat(teacher_mean or _IMAGENET_MEAN, "teacher_mean")
-        ts = _stat(teacher_std or _IMAGENET_STD, "teacher_std")
+        tm = _stat(_IMAGENET_MEAN if teacher_mean is None else teacher_mean, "teacher_mean")
+        ts = _stat(_IMAGENET_STD if teacher_std is None else teacher_std, "teacher_std")
         sm = _stat(student_mean, "student_mean") if student_mean is not None else tm.clone()
         ss = _stat(student_std, "student_std") if student_std is not None else ts.clone()
         self.renormalise = not (torch.equal(tm, sm) and torch.equal(ts, ss))
@@ -252,7 +254,8 @@ class TGDATask(Task):
                 raise ConfigError(f"task.tgda.view_weights needs {n} numbers >= 0 (raw + {list(cfg.views)}), "
                                   f"got {list(cfg.view_weights)}.")
         if cfg.bn_mode not in ("eval", "train"):
-            raise ConfigError(f"task.tgda.bn_mode='{cfg.bn_mode}' is not allowed; expected one of ['eval', 'train'].")
+            raise ConfigError(f"task.tgda.bn_mode='{cfg.bn_mode}' is not allowed; expected one of "
+                              "['eval', 'train'].")
         if cal.pam_sampling not in ("sample", "mean"):
             raise ConfigError(f"task.cal.pam_sampling='{cal.pam_sampling}' is not allowed; "
                               "expected one of ['sample', 'mean'].")
@@ -264,23 +267,23 @@ class TGDATask(Task):
     @staticmethod
     def _check_teacher(student, teacher, cfg, num_classes, teacher_classes, student_classes) -> None:
         if cfg.views and not isinstance(teacher, CALModel):
-            raise TypeError(f"task.tgda.views={list(cfg.views)} needs a CAL teacher (a checkpoint trained with "
-                            f"task.name=cal) for its attention maps; got {type(teacher).__name__}. "
+            raise TypeError(f"task.tgda.views={list(cfg.views)} needs a CAL teacher (a checkpoint trained "
+                            f"with task.name=cal) for its attention maps; got {type(teacher).__name__}. "
                             "For plain KD from any classifier set task.tgda.views=[].")
         kt = getattr(teacher, "num_classes", None)
         ks = num_classes if num_classes is not None else getattr(student, "num_classes", None)
         if kt is not None and ks is not None and int(kt) != int(ks):
-            raise ValueError(f"task.tgda.teacher has {kt} classes but the student/dataset has {ks}: the teacher "
-                             "must be trained on the same dataset (same class table).")
+            raise ValueError(f"task.tgda.teacher has {kt} classes but the student/dataset has {ks}: the "
+                             "teacher must be trained on the same dataset (same class table).")
         if teacher_classes is not None and student_classes is not None:
             tc, sc = list(teacher_classes), list(student_classes)
             if tc != sc:
                 diff = next((i for i, (a, b) in enumerate(zip(tc, sc)) if a != b), min(len(tc), len(sc)))
                 a = tc[diff] if diff < len(tc) else "<none>"
                 b = sc[diff] if diff < len(sc) else "<none>"
-                raise ValueError(f"task.tgda.teacher's class table does not match the dataset's ({len(tc)} vs "
-                                 f"{len(sc)} classes; first difference at index {diff}: teacher '{a}' vs "
-                                 f"dataset '{b}'). Distil from a teacher trained on this dataset.")
+                raise ValueError(f"task.tgda.teacher's class table does not match the dataset's "
+                                 f"({len(tc)} vs {len(sc)} classes; first difference at index {diff}: "
+                                 f"teacher '{a}' vs dataset '{b}'). Distil from a teacher trained on this dataset.")
 
     # ------------------------------------------------------------------ mode handling
     @property
@@ -342,7 +345,8 @@ class TGDATask(Task):
         st = self.cfg.teacher_img_size
         if st and tuple(x.shape[-2:]) != (st, st):
             raise ValueError(f"TGDA batches must arrive at the teacher size S_t={st} "
-                             f"(task.tgda.teacher_img_size), got {tuple(x.shape[-2:])}; set data.img_size={st}.")
+                             f"(task.tgda.teacher_img_size), got {tuple(x.shape[-2:])}; set "
+                             f"data.img_size={st}.")
         with torch.no_grad():
             t_raw, x_aug = self.teacher_views(x)
             t_aug = self.teacher(x_aug) if x_aug is not None else None
@@ -365,11 +369,12 @@ class TGDATask(Task):
 def load_teacher(path: str) -> nn.Module:
     """Load the frozen teacher named by ``task.tgda.teacher`` (an fgir checkpoint or run folder)."""
     if not path:
-        raise ConfigError("task.tgda.teacher is empty: give the CAL teacher checkpoint (a .safetensors file or a "
-                          "run folder from a task.name=cal run).")
+        raise ConfigError("task.tgda.teacher is empty: give the CAL teacher checkpoint (a .safetensors file "
+                          "or a run folder from a task.name=cal run).")
     if not Path(path).exists():
-        raise FileNotFoundError(f"task.tgda.teacher={path}: no such checkpoint or run folder. Train a teacher "
-                                "first with task.name=cal, then point task.tgda.teacher at its run folder.")
+        raise FileNotFoundError(f"task.tgda.teacher={path}: no such checkpoint or run folder. Train a "
+                                "teacher first with task.name=cal, then point task.tgda.teacher at its run "
+                                "folder.")
     from .checkpoint import CheckpointError, load_model
 
     try:
@@ -412,8 +417,8 @@ def build_tgda_task(cfg: Config, model: nn.Module, num_classes: int, *, teacher:
     if class_names is None and teacher_classes:
         t_data = (meta.get("config") or {}).get("data", {}).get("name")
         if t_data and t_data != cfg.data.name:
-            warnings.warn(f"task.tgda.teacher was trained on dataset '{t_data}', this run uses '{cfg.data.name}'; "
-                          "only the class counts could be checked.", stacklevel=2)
+            warnings.warn(f"task.tgda.teacher was trained on dataset '{t_data}', this run uses "
+                          f"'{cfg.data.name}'; only the class counts could be checked.", stacklevel=2)
     if cfg.data.mean and cfg.data.std:
         tm = sm = cfg.data.mean
         ts = ss = cfg.data.std
@@ -423,4 +428,5 @@ def build_tgda_task(cfg: Config, model: nn.Module, num_classes: int, *, teacher:
         sm, ss = sm or tm, ss or ts
     return TGDATask(model, teacher, t, cfg.task.cal, num_classes=num_classes,
                     label_smoothing=cfg.optim.label_smoothing, teacher_mean=tm, teacher_std=ts,
-                    student_mean=sm, student_std=ss, teacher_classes=teacher_classes, student_classes=class_names)
+                    student_mean=sm, student_std=ss, teacher_classes=teacher_classes,
+                    student_classes=class_names)

@@ -148,7 +148,8 @@ class MetricAccumulator:
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.is_floating_point():
             raise TypeError(f"labels must be a 1-D integer tensor of class ids, got shape "
-                            f"{tuple(labels.shape)} dtype {labels.dtype}; pass batch['label'], not soft targets")
+                            f"{tuple(labels.shape)} dtype {labels.dtype}; "
+                            "pass batch['label'], not soft targets")
         if labels.shape[0] != logits_or_probs.shape[0]:
             raise ValueError(f"{logits_or_probs.shape[0]} predictions but {labels.shape[0]} labels")
         labels = labels.detach().long()
@@ -286,7 +287,8 @@ class MetricAccumulator:
         # Equal to MulticlassCalibrationError(n_bins=15, norm="l1") on the full probabilities: that
         # metric only uses the top-1 confidence and whether the top-1 prediction is right.
         result["ece"] = 100.0 * float(binary_calibration_error(
-            top_p[:, 0].float().contiguous(), correct_flags.long(), n_bins=ECE_BINS, norm="l1", validate_args=False))
+            top_p[:, 0].float().contiguous(), correct_flags.long(), n_bins=ECE_BINS, norm="l1",
+            validate_args=False))
         result["nll"] = float(nll.double().mean())
         result.update(num_images=n, num_classes=k_cls, empty_classes=empty, per_class=per_class,
                       confusion_matrix=cm)
@@ -317,7 +319,7 @@ def write_predictions_csv(path: str | os.PathLike, accumulator: MetricAccumulato
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    """One human line, accuracies to 2 decimals, e.g. ``top1 91.23 | top5 98.80 | mpca 90.95 ± 6.10 | ...``."""
+    """One human line, accuracies to 2 decimals: ``top1 91.23 | top5 98.80 | mpca 90.95 ± 6.10 | ...``."""
     parts = [f"top1 {result['top1']:.2f}"]
     if "top5" in result:
         parts.append(f"top5 {result['top5']:.2f}")

@@ -122,6 +122,34 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+class _NumpyDtype(_Inert):
+    """Stands in for ``numpy.dtype``: records a plain numeric type code and the byte order."""
+
+    _CODES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
+
+    def __init__(self, code: Any = None, *args: Any):
+        self.code = code if code in self._CODES else None
+        self.order = "<"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    """A numpy scalar as a Python number (plain numeric dtypes only)."""
+    if not isinstance(dtype, _NumpyDtype) or dtype.code is None or not isinstance(data, bytes):
+        return _Inert()
+    import numpy as np
+
+    return np.frombuffer(data, dtype=np.dtype(dtype.order.replace("|", "=") + dtype.code))[0].item()
+
+
+def _latin1_bytes(text: Any, encoding: Any = None) -> Any:
+    """Protocol-2 pickles write ``bytes`` as ``_codecs.encode(str, 'latin1')``."""
+    return text.encode("latin1") if isinstance(text, str) and encoding == "latin1" else _Inert()
+
+
 class _StorageType:
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
@@ -138,6 +166,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
         ("collections", "OrderedDict"): OrderedDict,
         ("argparse", "Namespace"): _InertNamespace,
+        ("numpy", "dtype"): _NumpyDtype,
+        ("_codecs", "encode"): _latin1_bytes,
+        ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     }
 
     def __init__(self, file: io.BytesIO, zf: zipfile.ZipFile, prefix: str):
@@ -329,7 +361,7 @@ def import_tgda_checkpoint(state_dict_or_path: Mapping[str, torch.Tensor] | str 
             k = re.sub(rf"^((?:blocks\.\d+\.)?norm\d?)\.1\.{_BN_SUFFIX}$", r"\1.\2", k)
             if k in ("pos_embed", "sin2d_embedding"):
                 dropped.append(key)
-                _check_pos_embed(key, value, src_dim(src, enc))
+                _check_pos_embed(key, value, _src_dim(src, enc))
                 continue
         for pattern, repl in extra_renames:
             k = re.sub(pattern, repl, k)
@@ -355,7 +387,7 @@ def import_tgda_checkpoint(state_dict_or_path: Mapping[str, torch.Tensor] | str 
     return {k: out[k] for k in ref}
 
 
-def src_dim(src: Mapping[str, torch.Tensor], enc: str) -> int:
+def _src_dim(src: Mapping[str, torch.Tensor], enc: str) -> int:
     """Embedding width of a token student, read from its register tokens or final norm."""
     for k in (f"{enc}reg_token", f"{enc}norm.weight", f"{enc}norm.1.weight"):
         if k in src:

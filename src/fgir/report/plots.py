@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MAX_TICK_LABELS = 40
 MAX_CELL_ANNOTATIONS = 20
@@ -74,9 +76,13 @@ def plot_confusion_matrix(cm: torch.Tensor | np.ndarray, class_names: Sequence[s
     side = float(min(16.0, max(5.0, 3.0 + 0.22 * k)))
     fig = _new_figure(side + 1.2, side)
     ax = fig.add_subplot()
-    im = ax.imshow(m, cmap="Blues", interpolation="nearest", vmin=0.0,
-                   vmax=1.0 if normalize else max(float(m.max()), 1.0))
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "images")
+    vmax = 1.0 if normalize else max(float(m.max()), 1.0)
+    # With many classes most confusions are small: a square-root scale keeps them visible.
+    large = k > MAX_TICK_LABELS
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax) if large else Normalize(vmin=0.0, vmax=vmax)
+    im = ax.imshow(m, cmap="Blues", interpolation="nearest", norm=norm)
+    label = "fraction of true class" if normalize else "images"
+    fig.colorbar(im, ax=ax, shrink=0.8, label=label + (" (square-root scale)" if large else ""))
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or f"Confusion matrix ({k} classes{', row-normalised' if normalize else ''})")
@@ -84,9 +90,11 @@ def plot_confusion_matrix(cm: torch.Tensor | np.ndarray, class_names: Sequence[s
         names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
         ax.set_xticks(range(k), names, rotation=90, fontsize=max(5, 10 - k // 8))
         ax.set_yticks(range(k), names, fontsize=max(5, 10 - k // 8))
-    else:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    else:  # names would be unreadable: a few class-id ticks only
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+        ax.set_xlabel("predicted class id")
+        ax.set_ylabel("true class id")
     if k <= MAX_CELL_ANNOTATIONS:
         hi = m.max() if m.size else 0.0
         for i in range(k):
@@ -150,7 +158,8 @@ def plot_reliability_diagram(probs: torch.Tensor | np.ndarray, labels: torch.Ten
     return _save_png(fig, path)
 
 
-def _read_rows(jsonl_path_or_rows: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _read_rows(jsonl_path_or_rows: str | os.PathLike | Iterable[Mapping[str, Any]],
+               ) -> list[Mapping[str, Any]]:
     if isinstance(jsonl_path_or_rows, (str, os.PathLike)):
         with open(jsonl_path_or_rows) as f:
             return [json.loads(line) for line in f if line.strip()]
@@ -241,7 +250,8 @@ def plot_accuracy_vs_cost(rows: Iterable[Mapping[str, Any]], path: str | os.Path
         ax.scatter([r[x] for r in members], [r[y] for r in members], s=30, zorder=3,
                    label=str(g) if group else None)
     for r in pts:
-        ax.annotate(str(r.get(label, "")), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(str(r.get(label, "")), (r[x], r[y]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
     if pts and pareto and len(pts) > 1:
         front = _pareto_front([(float(r[x]), float(r[y])) for r in pts])
         ax.plot(*zip(*front), "--", color="gray", linewidth=1, zorder=2, label="Pareto front")
@@ -250,6 +260,7 @@ def plot_accuracy_vs_cost(rows: Iterable[Mapping[str, Any]], path: str | os.Path
         logx = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
     if logx:
         ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the point labels
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)

@@ -49,7 +49,8 @@ Threshold = float | Sequence[float] | torch.Tensor
 
 
 # ============================================================================ functional core
-def bilinear_attention_pool(features: torch.Tensor, attentions: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+def bilinear_attention_pool(features: torch.Tensor, attentions: torch.Tensor,
+                            eps: float = EPS) -> torch.Tensor:
     """Bilinear attention pooling (BAP) with signed square root and L2 normalisation.
 
     ``f[b, m, c] = mean_ij A[b, m, ij] * F[b, c, ij]``, then ``sign(f) * sqrt(|f| + eps)``,
@@ -64,8 +65,8 @@ def bilinear_attention_pool(features: torch.Tensor, attentions: torch.Tensor, ep
         ``B x (M*C)`` unit-norm features (row ``m`` major: index ``m*C + c``).
     """
     if features.shape[-2:] != attentions.shape[-2:] or features.shape[0] != attentions.shape[0]:
-        raise ValueError(f"BAP needs features B x C x h x w and attentions B x M x h x w with the same B, h, w; "
-                         f"got {tuple(features.shape)} and {tuple(attentions.shape)}.")
+        raise ValueError("BAP needs features B x C x h x w and attentions B x M x h x w with the same B, "
+                         f"h, w; got {tuple(features.shape)} and {tuple(attentions.shape)}.")
     b, _, h, w = features.shape
     # a matmul (not einsum) so MAC counters see the pooling
     f = torch.matmul(attentions.flatten(2), features.flatten(2).transpose(1, 2)) / float(h * w)
@@ -139,7 +140,8 @@ def draw_thresholds(threshold: Threshold, batch: int, *, device: torch.device | 
 def _as_maps(maps: torch.Tensor, batch: int) -> torch.Tensor:
     if maps.ndim == 4:
         if maps.shape[1] != 1:
-            raise ValueError(f"Pass one map per sample (B x h x w or B x 1 x h x w), got {tuple(maps.shape)}.")
+            raise ValueError(f"Pass one map per sample (B x h x w or B x 1 x h x w), got "
+                             f"{tuple(maps.shape)}.")
         maps = maps[:, 0]
     if maps.ndim != 3 or maps.shape[0] != batch:
         raise ValueError(f"maps must be B x h x w with B={batch}, got {tuple(maps.shape)}.")
@@ -192,37 +194,66 @@ def attention_boxes(maps: torch.Tensor, size: tuple[int, int], threshold: Thresh
     return torch.stack([top, bottom, left, right], dim=1)
 
 
-def _box_grid(boxes: torch.Tensor, out_hw: tuple[int, int], in_hw: tuple[int, int],
-              offset: torch.Tensor | None = None) -> torch.Tensor:
-    """grid_sample grid (align_corners=True) mapping output pixels onto ``boxes`` of the input.
+def _axis_coords(n_out: int, start: torch.Tensor, end: torch.Tensor, dst_start: torch.Tensor | None = None,
+                 dst_end: torch.Tensor | None = None):
+    """Per-sample linear-interpolation taps of an align_corners=True resize along one axis.
 
-    Without ``offset``, output pixel i of H_out maps to ``top + i*(h-1)/(H_out-1)`` (F.interpolate
-    with align_corners=True). With ``offset`` (B x 4 destination boxes), output pixel y maps to
-    ``top + (y - dst_top) * (h - 1)/(dst_h - 1)``.
+    Output pixel ``y`` samples ``start + s·(y - dst_start)`` with ``s = (len-1)/(dst_len-1)``
+    (0 for a 1-pixel destination); without a destination box ``dst = [0, n_out)``. The scale and
+    the source position are computed in float32 exactly as ``F.interpolate`` does, so a crop
+    agrees with slicing + ``F.interpolate`` to float rounding.
+
+    Returns:
+        ``(i0, i1, w)``: B x n_out absolute tap indices (long) and the float32 weight of ``i1``.
     """
-    (ho, wo), (hi, wi) = out_hw, in_hw
-    dev = boxes.device
-    top, bottom, left, right = boxes.double().unbind(1)
+    if dst_start is None:
+        dst_start = torch.zeros_like(start)
+        dst_end = torch.full_like(start, n_out)
+    src_len = (end - start).float()
+    dst_len = (dst_end - dst_start).float()
+    scale = torch.where(dst_len > 1, (src_len - 1) / (dst_len - 1).clamp_min(1), torch.zeros_like(dst_len))
+    local = torch.arange(n_out, device=start.device)[None] - dst_start[:, None]
+    pos = (scale[:, None] * local.float()).clamp_min(0)
+    i0 = pos.floor()
+    w = pos - i0
+    i0 = i0.long()
+    last = (end - start - 1)[:, None]
+    i0 = torch.minimum(i0, last)
+    i1 = torch.minimum(i0 + 1, last)
+    return start[:, None] + i0, start[:, None] + i1, w
 
-    def axis(n_out: int, start, end, n_in: int, dst_start=None, dst_end=None):
-        pos = torch.arange(n_out, device=dev, dtype=torch.float64)[None]
-        if dst_start is None:
-            dst_start = torch.zeros_like(start)
-            dst_end = torch.full_like(start, n_out)
-        span_out = (dst_end - dst_start - 1)[:, None]
-        scale = torch.where(span_out > 0, (end - start - 1)[:, None] / span_out.clamp_min(1), 0.0)
-        src = start[:, None] + (pos - dst_start[:, None]) * scale
-        return (2.0 * src / max(n_in - 1, 1) - 1.0).float()
 
-    if offset is None:
-        gy = axis(ho, top, bottom, hi)
-        gx = axis(wo, left, right, wi)
-    else:
-        dt, db, dl, dr = offset.double().unbind(1)
-        gy = axis(ho, top, bottom, hi, dt, db)
-        gx = axis(wo, left, right, wi, dl, dr)
-    b = boxes.shape[0]
-    return torch.stack([gx[:, None, :].expand(b, ho, wo), gy[:, :, None].expand(b, ho, wo)], dim=-1)
+def _lerp_axis(x: torch.Tensor, taps, dim: int) -> torch.Tensor:
+    """Linear interpolation of ``x`` (B x C x H x W) along ``dim`` (2 or 3) with per-sample taps."""
+    i0, i1, w = taps
+    b, ch, h, wd = x.shape
+    n = i0.shape[1]
+    shape, view = ((b, ch, n, wd), (b, 1, -1, 1)) if dim == 2 else ((b, ch, h, n), (b, 1, 1, -1))
+    g0 = x.gather(dim, i0.view(view).expand(shape))
+    g1 = x.gather(dim, i1.view(view).expand(shape))
+    w = w.to(x.dtype).view(view)
+    return (1 - w) * g0 + w * g1
+
+
+def _resample_boxes(images: torch.Tensor, src: torch.Tensor, dst: torch.Tensor | None,
+                    mode: str) -> torch.Tensor:
+    """Resize each sample's ``src`` box (B x 4: top, bottom, left, right; ends exclusive) to the
+    full image, or onto its ``dst`` box, with align_corners=True. Bilinear uses separable gathers;
+    other modes use ``grid_sample`` at the same coordinates (approximate: its bicubic taps near a box
+    edge read pixels outside the box, where F.interpolate on the slice replicates the edge)."""
+    _, _, hh, ww = images.shape
+    st, sb, sl, sr = src.unbind(1)
+    dt, db, dl, dr = dst.unbind(1) if dst is not None else (None,) * 4
+    ty, tx = _axis_coords(hh, st, sb, dt, db), _axis_coords(ww, sl, sr, dl, dr)
+    if mode == "bilinear":
+        return _lerp_axis(_lerp_axis(images, ty, 2), tx, 3)
+    ys = ty[0].double() + ty[2].double()
+    xs = tx[0].double() + tx[2].double()
+    gy = (2.0 * ys / max(hh - 1, 1) - 1.0).to(images.dtype)
+    gx = (2.0 * xs / max(ww - 1, 1) - 1.0).to(images.dtype)
+    b = images.shape[0]
+    grid = torch.stack([gx[:, None, :].expand(b, hh, ww), gy[:, :, None].expand(b, hh, ww)], dim=-1)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 def attention_crop(images: torch.Tensor, maps: torch.Tensor, threshold: Threshold = (0.4, 0.6),
@@ -238,7 +269,7 @@ def attention_crop(images: torch.Tensor, maps: torch.Tensor, threshold: Threshol
         padding: box padding as a fraction of the image side.
         generator: RNG for the thresholds.
         exact: use the slow per-sample path that follows the reference step by step (slicing +
-            ``F.interpolate``); the default batched path uses ``grid_sample`` and agrees to ~1e-6.
+            ``F.interpolate``); the default batched path (separable gathers) agrees to ~1e-6.
         map_mode: interpolation of the map upsampling (reference: bilinear).
         resize_mode: interpolation of the crop resize (bilinear or bicubic).
     """
@@ -247,9 +278,8 @@ def attention_crop(images: torch.Tensor, maps: torch.Tensor, threshold: Threshol
     theta = draw_thresholds(threshold, b, device=maps.device, generator=generator)
     if exact:
         return _attention_crop_exact(images, maps, theta, padding, map_mode, resize_mode)
-    boxes = attention_boxes(maps, (hh, ww), theta, padding, map_mode=map_mode)
-    grid = _box_grid(boxes, (hh, ww), (hh, ww)).to(images.dtype)
-    return F.grid_sample(images, grid, mode=resize_mode, padding_mode="border", align_corners=True)
+    boxes = attention_boxes(maps, (hh, ww), theta, padding, map_mode=map_mode).to(images.device)
+    return _resample_boxes(images, boxes, None, resize_mode)
 
 
 def _attention_crop_exact(images, maps, theta, padding, map_mode, resize_mode) -> torch.Tensor:
@@ -287,7 +317,8 @@ def attention_drop(images: torch.Tensor, maps: torch.Tensor, threshold: Threshol
     dead = peak <= 0
     keep = ~mask | dead[:, None, None]
     if _log.isEnabledFor(logging.DEBUG) and bool(dead.any()):
-        _log.debug("attention_drop: %d map(s) with max(A)=0; those images are kept unchanged.", int(dead.sum()))
+        _log.debug("attention_drop: %d map(s) with max(A)=0; those images are kept unchanged.",
+                   int(dead.sum()))
     return images * keep[:, None].to(images.dtype)
 
 
@@ -313,12 +344,10 @@ def attention_mix(images: torch.Tensor, maps: torch.Tensor, threshold: Threshold
     partner = torch.arange(b, device=images.device) ^ 1
     if exact:
         return _attention_mix_exact(images, boxes, resize_mode)
-    src_boxes = boxes[partner.to(boxes.device)]
-    grid = _box_grid(src_boxes, (hh, ww), (hh, ww), offset=boxes).to(images.dtype)
-    pasted = F.grid_sample(images[partner], grid, mode=resize_mode, padding_mode="border", align_corners=True)
+    bx = boxes.to(images.device)
+    pasted = _resample_boxes(images[partner], bx[partner], bx, resize_mode)
     ys = torch.arange(hh, device=images.device)[None, :, None]
     xs = torch.arange(ww, device=images.device)[None, None, :]
-    bx = boxes.to(images.device)
     inside = ((ys >= bx[:, 0, None, None]) & (ys < bx[:, 1, None, None])
               & (xs >= bx[:, 2, None, None]) & (xs < bx[:, 3, None, None]))
     return torch.where(inside[:, None], pasted, images)
@@ -330,7 +359,8 @@ def _attention_mix_exact(images: torch.Tensor, boxes: torch.Tensor, resize_mode:
     for j in range(images.shape[0]):
         (t, bo, lf, r), (st, sb, sl, sr) = bx[j], bx[j ^ 1]
         src = images[j ^ 1:(j ^ 1) + 1, :, st:sb, sl:sr]
-        out[j, :, t:bo, lf:r] = F.interpolate(src, size=(bo - t, r - lf), mode=resize_mode, align_corners=True)[0]
+        out[j, :, t:bo, lf:r] = F.interpolate(src, size=(bo - t, r - lf), mode=resize_mode,
+                                              align_corners=True)[0]
     return out
 
 
@@ -376,10 +406,12 @@ class CALHead(nn.Module):
                  with_replacement: bool = True, bn_eps: float = 1e-3):
         super().__init__()
         if pam_sampling not in ("sample", "mean"):
-            raise ValueError(f"pam_sampling='{pam_sampling}' is not allowed; expected one of ['sample', 'mean'].")
+            raise ValueError(f"pam_sampling='{pam_sampling}' is not allowed; expected one of "
+                             "['sample', 'mean'].")
         self.in_features, self.num_classes, self.num_maps = in_features, num_classes, num_maps
         self.logit_scale, self.center_beta = float(logit_scale), float(center_beta)
-        self.pam_sampling, self.num_sampled, self.with_replacement = pam_sampling, num_sampled, with_replacement
+        self.pam_sampling, self.num_sampled = pam_sampling, num_sampled
+        self.with_replacement = with_replacement
         self.attention = nn.Sequential(
             nn.Conv2d(in_features, num_maps, kernel_size=1, bias=False),
             nn.BatchNorm2d(num_maps, eps=bn_eps),
@@ -413,7 +445,8 @@ class CALHead(nn.Module):
                     else torch.ones_like(attention))
             out["logits_eff"] = logits - self.classify(bilinear_attention_pool(features, fake))
         if maps:
-            out["maps"] = select_part_maps(attention, self.pam_sampling, self.num_sampled, self.with_replacement)
+            out["maps"] = select_part_maps(attention, self.pam_sampling, self.num_sampled,
+                                           self.with_replacement)
         return out
 
     @torch.no_grad()
@@ -484,7 +517,8 @@ class CALModel(nn.Module):
         feats = self.backbone.forward_features(x)
         if feats.ndim != 4:
             raise TypeError(f"CAL needs a B x C x h x w feature map from {type(self.backbone).__name__}."
-                            f"forward_features, got shape {tuple(feats.shape)} (token models are not supported).")
+                            f"forward_features, got shape {tuple(feats.shape)} (token models are not "
+                            "supported).")
         return feats
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
