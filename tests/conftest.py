@@ -29,6 +29,10 @@ def _seed():
     yield
 
 
+# Tiny models gain nothing from intra-op threads, and spinning threads collapse under contention.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (CUB-100, Flowers-12); tests using it carry the `data` marker."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 
 import numpy as np
@@ -12,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from fgir.models import create_model
+from fgir.models.backbones.vitfs import posemb_sincos_2d
 from fgir.models.importers import (
     import_tgda_checkpoint,
     read_tgda_checkpoint,
     save_imported,
     tgda_model_kwargs,
 )
-from fgir.models.backbones.vitfs import posemb_sincos_2d
 
 _CALLED: list[str] = []
 
@@ -45,7 +46,8 @@ def _to_reference(model: torch.nn.Module, token_model: bool, bn_sequential: bool
             out["model.dfsm.1." + k[len(head):]] = v.clone()
             continue
         if bn_sequential:
-            k = re.sub(r"^((?:blocks\.\d+\.)?norm\d?)\.(weight|bias|running_\w+|num_batches_tracked)$", r"\1.1.\2", k)
+            k = re.sub(r"^((?:blocks\.\d+\.)?norm\d?)\.(weight|bias|running_\w+|num_batches_tracked)$",
+                       r"\1.1.\2", k)
         out[enc + k] = v.clone()
     return out
 
@@ -130,7 +132,7 @@ def test_safe_read_of_pickled_namespace(tmp_path):
     path = tmp_path / "cub_lrnet14_resnet101_cal_tgda_201.pth"
     torch.save({"config": config, "model": ref, "accuracy": np.float64(80.48), "epoch": 800,
                 "extra": _Payload()}, path)
-    with pytest.raises(Exception):  # the standard safe loader refuses this file
+    with pytest.raises(pickle.UnpicklingError):  # the standard safe loader refuses this file
         torch.load(path, weights_only=True)
     _CALLED.clear()
     ckpt = read_tgda_checkpoint(path)

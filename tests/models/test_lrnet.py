@@ -18,7 +18,8 @@ REFERENCE = {
     "lrnet14": (5_135_720, 5_033_120, 0.5713, 512, (928, 57_728, 152_192, 230_144, 919_040, 3_673_088)),
     "lrnet18": (5_505_128, 5_402_528, 0.9494, 512, (928, 131_712, 152_192, 525_568, 919_040, 3_673_088)),
     "lrnet26": (8_964_200, 8_554_400, 1.2520, 2048, (928, 135_168, 206_848, 659_456, 1_512_448, 6_039_552)),
-    "lrnet50": (21_661_800, 21_252_000, 2.0389, 2048, (928, 205_568, 277_248, 939_520, 4_864_000, 14_964_736)),
+    "lrnet50": (21_661_800, 21_252_000, 2.0389, 2048,
+                (928, 205_568, 277_248, 939_520, 4_864_000, 14_964_736)),
 }
 NAMES = list(REFERENCE)
 
@@ -124,7 +125,8 @@ def test_timm_create_model_and_cfg(name):
     cfg = m.pretrained_cfg
     assert cfg is m.default_cfg
     assert cfg["input_size"] == (3, 128, 128) and cfg["interpolation"] == "bicubic"
-    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406)) and cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
+    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
     assert cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc" and cfg["num_classes"] == 7
     data_cfg = timm.data.resolve_data_config({}, model=m)
     assert data_cfg["input_size"] == (3, 128, 128) and data_cfg["interpolation"] == "bicubic"

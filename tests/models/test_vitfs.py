@@ -15,11 +15,13 @@ from fgir.models import create_model
 from fgir.models.backbones.vitfs import TokenBatchNorm1d, ViTFS, posemb_sincos_2d
 
 VARIANTS = ("nano", "micro", "tiny", "small", "base")
-PARAMS_K200 = {"nano": 643_592, "micro": 2_523_208, "tiny": 5_639_048, "small": 22_403_912, "base": 89_311_688}
+PARAMS_K200 = {"nano": 643_592, "micro": 2_523_208, "tiny": 5_639_048, "small": 22_403_912,
+               "base": 89_311_688}
 PARAMS_K0 = {"nano": 630_592, "micro": 2_497_408, "tiny": 5_600_448, "small": 22_326_912, "base": 89_157_888}
 WIDTH = {"nano": 64, "micro": 128, "tiny": 192, "small": 384, "base": 768}
 # Full counts (attention matmuls included), GMACs at 128 / 224 / 448 (checklist 10).
-GMACS = {"nano": (0.0522, 0.1947, 1.4798), "micro": (0.1923, 0.6487, 3.9823), "tiny": (0.4202, 1.3618, 7.5075)}
+GMACS = {"nano": (0.0522, 0.1947, 1.4798), "micro": (0.1923, 0.6487, 3.9823),
+         "tiny": (0.4202, 1.3618, 7.5075)}
 
 
 def _vitfs(variant: str, **kw) -> ViTFS:
@@ -202,7 +204,8 @@ def test_timm_create_model_and_cfg(name):
     cfg = m.pretrained_cfg
     assert cfg is m.default_cfg
     assert cfg["input_size"] == (3, 128, 128) and cfg["interpolation"] == "bicubic"
-    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406)) and cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
+    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406))
+    assert cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
     assert cfg["classifier"] == "head" and cfg["num_classes"] == 7
     assert m.get_submodule(cfg["first_conv"]).in_channels == 3
     assert timm.create_model(name).pretrained_cfg["input_size"] == (3, 224, 224)
@@ -241,7 +244,8 @@ def test_contract_features_head_intermediates():
     with torch.no_grad():
         feats = m.forward_features(x)
         assert feats.shape == (2, 16, 64)
-        torch.testing.assert_close(m.forward_head(feats, pre_logits=True), feats.mean(1), rtol=1e-6, atol=1e-6)
+        pooled = m.forward_head(feats, pre_logits=True)
+        torch.testing.assert_close(pooled, feats.mean(1), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(m.forward_head(feats), m(x), rtol=1e-6, atol=1e-6)
         final, inter = m.forward_intermediates(x)
         torch.testing.assert_close(final, feats, rtol=0, atol=0)

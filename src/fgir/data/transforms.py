@@ -126,6 +126,9 @@ class BatchTransform:
         return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def resize_for_eval(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Float batch resize (bicubic) used when a model needs another resolution than the batch."""
+def to_model_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic resize of a normalised float batch to the deployable model's input size (a no-op
+    when it already has it): how a distilled low-resolution student sees teacher-size inputs."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
     return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)

@@ -25,9 +25,11 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, **kwargs)
 
 
-def build_task(cfg: Config, model: nn.Module, num_classes: int):
+def build_task(cfg: Config, model: nn.Module, num_classes: int, **kwargs):
+    """The Task for ``cfg.task.name``; builders take ``(cfg, model, num_classes, **kwargs)``
+    (``class_names`` lets distillation check the teacher's class table)."""
     from . import classification  # noqa: F401  (registers the plain task)
 
     if cfg.task.name not in TASKS:
         from . import distill  # noqa: F401  (registers cal and tgda)
-    return TASKS.get(cfg.task.name)(cfg, model, num_classes)
+    return TASKS.get(cfg.task.name)(cfg, model, num_classes, **kwargs)

@@ -29,5 +29,5 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smooth
 
 
 @TASKS.register("classification")
-def build_classification(cfg, model: nn.Module, num_classes: int) -> ClassificationTask:
+def build_classification(cfg, model: nn.Module, num_classes: int, **_) -> ClassificationTask:
     return ClassificationTask(model, cfg.optim.label_smoothing)

@@ -384,7 +384,7 @@ def load_teacher(path: str) -> nn.Module:
 
 
 @TASKS.register("cal")
-def build_cal_task(cfg: Config, model: nn.Module, num_classes: int) -> CALTask:
+def build_cal_task(cfg: Config, model: nn.Module, num_classes: int, **_) -> CALTask:
     """``model`` is the deployable CAL model (``build_model`` wraps the backbone with ``apply_cal``);
     a plain backbone is wrapped here."""
     if not isinstance(model, CALModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.datasets import ManifestDataset
+from ..data.transforms import to_model_size
 from .checkpoint import load_model, resolve_checkpoint
 from .distributed import DistInfo
 from .evaluate import run_inference, write_eval_outputs
@@ -27,7 +28,8 @@ def evaluate_checkpoint(path: str, split: str = "test", root: str = "", out: str
         raise ValueError(f"Checkpoint {ck} predicts {meta['num_classes']} classes but dataset "
                          f"'{cfg.data.name}' has {ds.num_classes}.")
     loader = make_loader(cfg, ds, False, meta["mean"], meta["std"], DistInfo())
-    predict = getattr(model, "predict_tta", None) if tta else None
+    size = int(meta.get("model_img_size") or meta["img_size"])
+    predict = getattr(model, "predict_tta", None) if tta else (lambda x: model(to_model_size(x, size)))
     if tta and predict is None:
         raise ValueError(f"--tta: model '{cfg.model.name}' ({cfg.task.name}) has no test-time augmentation.")
     acc = run_inference(model, loader, ds.num_classes, ds.class_names, progress=True, desc=f"eval {split}",

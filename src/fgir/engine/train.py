@@ -147,8 +147,9 @@ def train(cfg: Config, resume: str = "") -> dict:
     model = build_model(cfg, num_classes)
     if cfg.model.checkpoint:
         ckpt.init_from_checkpoint(model, cfg.model.checkpoint, num_classes)
-    mean, std = normalization(cfg, model)
-    task = build_task(cfg, model, num_classes).to(info.device)
+    task = build_task(cfg, model, num_classes, class_names=class_names).to(info.device)
+    # Batches use the task's input normalisation when it has one (TGDA: the teacher's).
+    mean, std = (task.input_mean, task.input_std) if hasattr(task, "input_mean") else normalization(cfg, model)
     if cfg.run.channels_last:
         task = task.to(memory_format=torch.channels_last)
     train_loader = make_loader(cfg, train_ds, True, mean, std, info)
@@ -199,8 +200,8 @@ def train(cfg: Config, resume: str = "") -> dict:
                 if cfg.run.selection == "best_val" and last_val and last_val["top1"] > best:
                     best = last_val["top1"]
                     ckpt.save_weights(eval_model, run_dir / "best.safetensors",
-                                      ckpt.checkpoint_meta(cfg, num_classes, class_names, epoch, step, mean, std,
-                                                           row))
+                                      _deploy_meta(cfg, task, num_classes, class_names, epoch, step, mean, std,
+                                                   row))
             barrier(info)
             if cfg.run.progress and info.is_main:
                 print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
@@ -221,9 +222,12 @@ def train(cfg: Config, resume: str = "") -> dict:
 
 
 def _predict_fn(task, ema):
-    if ema is not None:
-        return ema.module
-    return task.predict
+    """What evaluation calls on a batch: the task's predict, or the EMA copy behind the same input
+    conversion (TGDA resizes teacher-size batches to the student size)."""
+    if ema is None:
+        return task.predict
+    convert = getattr(task, "to_student", None)
+    return (lambda x: ema.module(convert(x))) if convert is not None else ema.module
 
 
 def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, mixup, info, epoch, step):
@@ -283,9 +287,21 @@ def _save(cfg, run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epo
              "ema": ema.module.state_dict() if ema is not None else None, "rng": ckpt.rng_state(),
              "epoch": epoch, "step": step, "best": best}
     state_path = ckpt.save_training_state(run_dir, epoch, state)
-    meta = ckpt.checkpoint_meta(cfg, num_classes, class_names, epoch, step, mean, std, row, state_path.name)
+    meta = _deploy_meta(cfg, task, num_classes, class_names, epoch, step, mean, std, row, state_path.name)
     ckpt.save_weights(eval_model, run_dir / "last.safetensors", meta)
     ckpt.prune_states(run_dir, state_path.name)
+
+
+def _deploy_meta(cfg, task, num_classes, class_names, epoch, step, mean, std, row, state_file=""):
+    """Checkpoint metadata of the deployable model. A distilled student records its own input
+    size and normalisation: inputs are prepared at data.img_size, then resized to model_img_size."""
+    model_size = cfg.data.img_size
+    if hasattr(task, "to_student"):
+        mean, std = task.student_mean.flatten().tolist(), task.student_std.flatten().tolist()
+        model_size = cfg.task.tgda.student_img_size or cfg.data.img_size
+    meta = ckpt.checkpoint_meta(cfg, num_classes, class_names, epoch, step, mean, std, row, state_file)
+    meta["model_img_size"] = model_size
+    return meta
 
 
 def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, int, float]:

@@ -192,7 +192,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
         if key not in self._storages:
             raw = bytearray(self._zf.read(f"{self._prefix}data/{key}"))
-            flat = torch.frombuffer(raw, dtype=storage_type.dtype) if raw else torch.empty(0, dtype=storage_type.dtype)
+            dtype = storage_type.dtype
+            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
             self._storages[key] = _StorageRef(flat[:numel] if numel <= flat.numel() else flat)
         return self._storages[key]
 
@@ -256,7 +257,8 @@ def read_tgda_checkpoint(path: str | Path) -> dict[str, Any]:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         config = {}
     except pickle.UnpicklingError as err:
-        log.info("weights_only load refused %s (%s); using the restricted reader.", path, str(err).splitlines()[0])
+        log.info("weights_only load refused %s (%s); using the restricted reader.", path,
+                 str(err).splitlines()[0])
         loaded = _restricted_load(path)
         config = _config_from(loaded.get("config")) if isinstance(loaded, Mapping) else {}
         raw = _sanitize(loaded)
@@ -295,7 +297,8 @@ def _check_pos_embed(name: str, value: torch.Tensor, dim: int) -> None:
     n = table.shape[0]
     g = int(round(n ** 0.5))
     if table.ndim != 2 or table.shape[1] != dim or g * g != n:
-        warnings.warn(f"dropping {name} of shape {tuple(value.shape)}: not a square sin-cos table.", stacklevel=3)
+        warnings.warn(f"dropping {name} of shape {tuple(value.shape)}: not a square sin-cos table.",
+                      stacklevel=3)
         return
     ours = posemb_sincos_2d(g, g, dim)
     if not torch.allclose(table.float(), ours, atol=1e-4):
@@ -306,7 +309,8 @@ def _check_pos_embed(name: str, value: torch.Tensor, dim: int) -> None:
 def tgda_model_kwargs(state: Mapping[str, torch.Tensor], model_name: str) -> dict[str, Any]:
     """Builder kwargs an imported state dict needs (``num_classes``, LRNet ``stem_bn``)."""
     head = "fc" if _family(model_name) == "lrnet" else "head"
-    kwargs: dict[str, Any] = {"num_classes": state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else 0}
+    weight = state.get(f"{head}.weight")
+    kwargs: dict[str, Any] = {"num_classes": weight.shape[0] if weight is not None else 0}
     if _family(model_name) == "lrnet":
         kwargs["stem_bn"] = any(k.startswith("bn1.") for k in state)
     return kwargs
@@ -368,21 +372,24 @@ def import_tgda_checkpoint(state_dict_or_path: Mapping[str, torch.Tensor] | str 
         out[k] = value
     if outside:
         raise ValueError(f"{len(outside)} keys are outside the student ({enc}*, model.dfsm.1.*): "
-                         f"{outside[:8]}{' ...' if len(outside) > 8 else ''}. Pass the student wrapper's state dict.")
+                         f"{outside[:8]}{' ...' if len(outside) > 8 else ''}. "
+                         "Pass the student wrapper's state dict.")
     if dropped:
         log.info("dropped rebuilt buffers: %s", dropped)
 
     kwargs = tgda_model_kwargs(out, model_name)
     if num_classes is not None and kwargs["num_classes"] != num_classes:
-        raise ValueError(f"checkpoint has a {kwargs['num_classes']}-way head, expected num_classes={num_classes}.")
+        raise ValueError(f"checkpoint has a {kwargs['num_classes']}-way head, "
+                         f"expected num_classes={num_classes}.")
     ref = create_model(model_name, **kwargs).state_dict()
     missing = sorted(set(ref) - set(out))
     unexpected = sorted(set(out) - set(ref))
     shapes = sorted(k for k in set(ref) & set(out) if ref[k].shape != out[k].shape)
     if missing or unexpected or shapes:
+        bad_shapes = [(k, tuple(out[k].shape), tuple(ref[k].shape)) for k in shapes[:8]]
         raise ValueError(
             f"checkpoint does not match {model_name} ({kwargs}): missing {missing[:8]}, unexpected "
-            f"{unexpected[:8]}, shape mismatch {[(k, tuple(out[k].shape), tuple(ref[k].shape)) for k in shapes[:8]]}. "
+            f"{unexpected[:8]}, shape mismatch {bad_shapes}. "
             "Check model_name, or pass extra_renames for an unforeseen layout.")
     return {k: out[k] for k in ref}
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..data.datasets import read_image
-from ..data.transforms import center_crop, load_resized, normalize, stored_size
+from ..data.transforms import center_crop, load_resized, normalize, stored_size, to_model_size
 from ..engine.checkpoint import load_model
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -39,6 +39,7 @@ class Predictor:
         ratio = meta["config"]["data"]["resize_ratio"]
         self.stored = stored_size(self.img_size, ratio)
         self.mean, self.std = meta["mean"], meta["std"]
+        self.model_img_size = int(meta.get("model_img_size") or self.img_size)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
@@ -53,8 +54,8 @@ class Predictor:
             if not isinstance(im, Image.Image):
                 raise TypeError(f"predict() takes image paths or PIL images, got {type(im).__name__}.")
             arrs.append(torch.from_numpy(load_resized(im, self.stored)).permute(2, 0, 1))
-        x = torch.stack(arrs)
-        return normalize(center_crop(x, self.img_size), self.mean, self.std)
+        x = normalize(center_crop(torch.stack(arrs), self.img_size), self.mean, self.std)
+        return to_model_size(x, self.model_img_size)
 
     @torch.no_grad()
     def logits(self, images) -> torch.Tensor:

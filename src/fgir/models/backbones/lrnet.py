@@ -38,7 +38,8 @@ _STAGE_PLANES = (64, 64, 128, 256, 512)
 _STAGE_STRIDES = (1, 2, 2, 2, 2)
 
 
-def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+def feature_take_indices(num_features: int,
+                         indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
     """timm's ``forward_intermediates`` index convention.
 
     ``None`` takes every feature point, an int ``n`` takes the last ``n``, a sequence takes those
@@ -97,7 +98,8 @@ class LRNet(nn.Module):
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, zero_init_last: bool = True):
         super().__init__()
         if len(layers) != len(_STAGE_PLANES):
-            raise ValueError(f"layers must have {len(_STAGE_PLANES)} entries (one per stage), got {list(layers)}.")
+            raise ValueError(f"layers must have {len(_STAGE_PLANES)} entries (one per stage), "
+                             f"got {list(layers)}.")
         if block not in (BasicBlock, Bottleneck):
             raise TypeError(f"block must be timm's BasicBlock or Bottleneck, got {block!r}.")
         self.num_classes = num_classes
@@ -121,7 +123,8 @@ class LRNet(nn.Module):
                 downsample = None
                 if s != 1 or in_chs != out_chs:
                     downsample = nn.Sequential(
-                        nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=s, bias=False), nn.BatchNorm2d(out_chs))
+                        nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=s, bias=False),
+                        nn.BatchNorm2d(out_chs))
                 dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
                 blocks.append(block(in_chs, planes, stride=s, downsample=downsample,
                                     drop_path=DropPath(dpr) if dpr > 0 else None))

@@ -106,9 +106,11 @@ class ConvPatchingStem(nn.Module):
         super().__init__()
         n = int(math.log2(patch_size)) if patch_size > 1 else 0
         if patch_size < 2 or 2 ** n != patch_size:
-            raise ValueError(f"patch_size must be a power of 2 >= 2 (one stride-2 conv per halving), got {patch_size}.")
+            raise ValueError("patch_size must be a power of 2 >= 2 (one stride-2 conv per halving), "
+                             f"got {patch_size}.")
         if embed_dim % 2 ** (n - 1):
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by {2 ** (n - 1)} for patch_size={patch_size}.")
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by {2 ** (n - 1)} "
+                             f"for patch_size={patch_size}.")
         self.patch_size = patch_size
         self.flatten = flatten
         chs = [in_chans] + [embed_dim // 2 ** (n - 1 - i) for i in range(n)]
@@ -332,7 +334,8 @@ class ViTFS(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              return_prefix_tokens: bool = False, norm: bool = False,
+                              stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False
                               ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
         """Block outputs, timm style.
@@ -408,7 +411,8 @@ def _create_vitfs(variant: str, name: str, pretrained: bool = False, **kwargs: A
         kwargs.pop(k, None)
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     model = ViTFS(**{**_VARIANTS[variant], **kwargs})
-    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(model.num_classes, model.img_size, architecture=name)
+    cfg = _pretrained_cfg(model.num_classes, model.img_size, architecture=name)
+    model.pretrained_cfg = model.default_cfg = cfg
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
