@@ -24,6 +24,8 @@ def register_model(fn: Any = None, **meta: Any) -> Any:
 
 
 def model_names(include_timm: bool = True) -> list[str]:
+    from . import backbones  # noqa: F401  (registers our builders)
+
     names = MODELS.names()
     return names + sorted(set(timm.list_models()) - set(names)) if include_timm else names
 
