@@ -72,12 +72,15 @@ def _randomise_bn_stats(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize(("name", "token_model", "size"), [("lrnet14", False, 64), ("vitfs_tiny", True, 64)])
 def test_round_trip_no_missing_or_unexpected(name, token_model, size):
     """Checklist 26: model.encoder[.0].* and model.dfsm.1.* map onto our names exactly."""
-    src = create_model(name, num_classes=200).eval()
+    extra = {"legacy_register_slice": "wrapper"} if token_model else {"stem_bn": True}
+    src = create_model(name, num_classes=200, **extra).eval()
     _randomise_bn_stats(src)
     ref = _to_reference(src, token_model)
     assert sum(k.startswith("model.dfsm.1.") for k in ref) == 2
     state = import_tgda_checkpoint(ref, name)
-    dst = create_model(name, **tgda_model_kwargs(state, name)).eval()
+    kwargs = tgda_model_kwargs(state, name)
+    assert kwargs == {"num_classes": 200, **extra}
+    dst = create_model(name, **kwargs).eval()
     result = dst.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(2, 3, size, size)

@@ -31,8 +31,10 @@ Key mapping (what we assume about the reference model definitions):
 
 Anything else that does not map raises with the list of offending keys; ``extra_renames`` (regex,
 replacement pairs applied after the built-in mapping) handles a layout we did not foresee.
-LRNet checkpoints without stem ``bn1.*`` keys (the reference's early runs) are validated against
-``stem_bn=False``; build the model the same way to load them.
+:func:`tgda_model_kwargs` gives the builder kwargs that reproduce a checkpoint: LRNet checkpoints
+without stem ``bn1.*`` keys (the reference's early runs) need ``stem_bn=False``, and ViTFS
+checkpoints ``legacy_register_slice="wrapper"`` (the published students were trained with the
+reference wrapper's register slicing).
 """
 
 from __future__ import annotations
@@ -307,12 +309,16 @@ def _check_pos_embed(name: str, value: torch.Tensor, dim: int) -> None:
 
 
 def tgda_model_kwargs(state: Mapping[str, torch.Tensor], model_name: str) -> dict[str, Any]:
-    """Builder kwargs an imported state dict needs (``num_classes``, LRNet ``stem_bn``)."""
+    """Builder kwargs that reproduce an imported checkpoint: ``num_classes``; LRNet ``stem_bn``
+    (False when the stem has no ``bn1.*``); ViTFS ``legacy_register_slice="wrapper"``, the token
+    selection the published students were trained with (tgda.md §6.2)."""
     head = "fc" if _family(model_name) == "lrnet" else "head"
     weight = state.get(f"{head}.weight")
     kwargs: dict[str, Any] = {"num_classes": weight.shape[0] if weight is not None else 0}
     if _family(model_name) == "lrnet":
         kwargs["stem_bn"] = any(k.startswith("bn1.") for k in state)
+    else:
+        kwargs["legacy_register_slice"] = "wrapper"
     return kwargs
 
 
