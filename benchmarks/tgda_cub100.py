@@ -60,7 +60,7 @@ def main() -> None:
     t0 = time.time()
     teacher = run_stage("teacher", TEACHER, common + [f"optim.epochs={a.teacher_epochs}"], out)
     teacher_dir = out / "teacher"
-    kd = [f"task.name=tgda", f"task.tgda.teacher={teacher_dir}", f"task.tgda.temperature={a.temperature}",
+    kd = ["task.name=tgda", f"task.tgda.teacher={teacher_dir}", f"task.tgda.temperature={a.temperature}",
           f"task.tgda.w_kd={a.w_kd}"]
     ways = {"ce": [], "kd": kd + ["task.tgda.views=[]"], "tgda": kd + ["task.tgda.views=[crop,drop]"]}
     results: dict = {"teacher": teacher, "students": {w: [] for w in ways}}

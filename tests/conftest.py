@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 SHARED_DATA = Path(os.environ.get("FGIR_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -102,3 +103,28 @@ def tiny_cfg(root: Path, out: Path, *extra: str):
             "model.name=test_resnet", "optim.batch_size=6", "optim.epochs=2", "optim.warmup_epochs=0",
             "optim.lr=0.01", f"run.output_dir={out}", "run.progress=false", "run.name=t"]
     return load_config(overrides=base + list(extra))
+
+
+class TinyNet(nn.Module):
+    """Smallest backbone with the contract CAL and TGDA need: forward_features -> B x C x h x w."""
+
+    def __init__(self, num_classes: int = 0, width: int = 8, pretrained_cfg: dict | None = None):
+        super().__init__()
+        self.num_features, self.num_classes = width, num_classes
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=4, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        )
+        self.fc = nn.Linear(width, num_classes) if num_classes else nn.Identity()
+        if pretrained_cfg is not None:
+            self.pretrained_cfg = pretrained_cfg
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x).mean((2, 3)))

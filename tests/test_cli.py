@@ -1,8 +1,7 @@
-import json
 
 import pytest
-
 from conftest import tiny_cfg
+
 from fgir.cli.main import build_parser, main
 from fgir.engine.train import train
 
@@ -60,9 +59,8 @@ def test_eval_and_predict_on_own_checkpoint(tiny_root, tmp_path, capsys):
 
 def test_eval_rejects_checkpoint_of_other_class_count(tiny_root, tmp_path, capsys):
     train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
-    from fgir.engine.checkpoint import CheckpointError, load_weights_into
+    from fgir.engine.checkpoint import CheckpointError, load_weights_into, read_tensors
     from fgir.models import create_model
-    from fgir.engine.checkpoint import read_tensors
 
     m = create_model("test_resnet", num_classes=5)
     with pytest.raises(CheckpointError, match=r"checkpoint \(3,.*model \(5,"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import TinyNet
 from torch.testing import assert_close
 
 from fgir.config import CALConfig, Config, ConfigError, TGDAConfig, load_config
@@ -16,38 +17,6 @@ from fgir.models.plugins.cal import CALModel, apply_cal
 from fgir.registry import TASKS
 
 K = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on shared CPUs (100x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class TinyNet(nn.Module):
-    """Backbone with forward_features (B x C x h x w), usable as a CAL trunk or a student."""
-
-    def __init__(self, num_classes: int = 0, width: int = 8):
-        super().__init__()
-        self.num_features, self.num_classes = width, num_classes
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=4, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        )
-        self.fc = nn.Linear(width, num_classes) if num_classes else nn.Identity()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean((2, 3)))
 
 
 class LinearStudent(nn.Module):

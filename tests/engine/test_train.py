@@ -4,8 +4,8 @@ import socket
 
 import pytest
 import torch
-
 from conftest import tiny_cfg
+
 from fgir.engine import train as train_mod
 from fgir.engine.build import build_model, build_task
 from fgir.engine.checkpoint import load_model, read_tensors

@@ -24,15 +24,6 @@ from fgir.models.importers import (
 _CALLED: list[str] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """These models are tiny; on a shared CPU one thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _side_effect(tag: str) -> str:
     _CALLED.append(tag)
     return tag

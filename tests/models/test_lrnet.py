@@ -24,15 +24,6 @@ REFERENCE = {
 NAMES = list(REFERENCE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """These models are tiny; on a shared CPU one thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, LRNet]:
     torch.manual_seed(0)

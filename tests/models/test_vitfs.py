@@ -24,15 +24,6 @@ GMACS = {"nano": (0.0522, 0.1947, 1.4798), "micro": (0.1923, 0.6487, 3.9823),
          "tiny": (0.4202, 1.3618, 7.5075)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """These models are tiny; on a shared CPU one thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _vitfs(variant: str, **kw) -> ViTFS:
     return create_model(f"vitfs_{variant}", **kw)
 

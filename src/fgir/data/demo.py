@@ -25,7 +25,7 @@ import shutil
 import string
 import tempfile
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,17 @@ DEFAULT_SIZE = 80
 """Native image side in pixels (a 64 px training crop is resize_ratio 0.8)."""
 
 SPLITS = ("train", "val", "test")
+
+# Rendering ranges (changing any of them changes the images: bump GENERATOR_VERSION).
+CAP_HEIGHT = (0.17, 0.29)
+"""Height of a capital as a fraction of the image side, the same in pixels for every face."""
+MAX_ROTATION = 4.0
+"""Degrees either way; well under the 10-15 degree slant of the oblique and italic faces."""
+BLUR_PROB, BLUR_RADIUS = 0.3, (0.3, 0.6)
+LINE_CHARS = (3, 7)
+"""Letters and digits per line before cutting the line to fit the image width."""
+TWO_LINES = 0.5
+"""Probability of a second line (where two fit)."""
 ALPHABET = string.ascii_letters + string.digits
 
 
@@ -97,7 +108,7 @@ def missing_faces(faces: tuple[str, ...] = FONT_FACES) -> list[str]:
     return [f for f in faces if not font_path(f).is_file()]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(face: str, size: int):
     from PIL import ImageFont
 
@@ -163,14 +174,14 @@ def _rng(seed: int, face_index: int, split: str, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, face_index, SPLITS.index(split), i])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cap_ratio(face: str) -> float:
     """Height of a capital H over the point size."""
     return _ink_height(_glyph(face, "H", 100)) / 100.0
 
 
 def _random_line(rng: np.random.Generator, font, width: float) -> str:
-    n = int(rng.integers(3, 8))
+    n = int(rng.integers(LINE_CHARS[0], LINE_CHARS[1] + 1))
     line = "".join(ALPHABET[j] for j in rng.integers(0, len(ALPHABET), n))
     while len(line) > 2 and font.getlength(line) > width:
         line = line[:-1]
@@ -187,18 +198,20 @@ def render_sample(face: str, rng: np.random.Generator, size: int = DEFAULT_SIZE)
     from PIL import Image, ImageDraw, ImageFilter
 
     # Same capital height in pixels for every face: glyph shapes, not em sizes, tell faces apart.
-    cap = size * rng.uniform(0.17, 0.29)
+    cap = size * rng.uniform(*CAP_HEIGHT)
     pt = max(6, int(round(cap / _cap_ratio(face))))
     font = _font(face, pt)
     lines = [_random_line(rng, font, 0.95 * size)]
-    if rng.random() < 0.5 and 2.9 * cap < 0.95 * size:
+    if rng.random() < TWO_LINES and 2.9 * cap < 0.95 * size:
         lines.append(_random_line(rng, font, 0.95 * size))
-    spacing = int(rng.integers(0, max(1, pt // 6) + 1))
-    # Draw on a roomy canvas, then cut to the ink (font metrics differ too much between faces,
-    # the Computer Modern ones especially, to place text by its layout box).
+    # Lines are set on baselines a fixed multiple of the cap height apart (font line metrics
+    # differ too much between faces, the Computer Modern ones especially), on a roomy canvas that
+    # is then cut to the ink.
+    pitch = cap * rng.uniform(1.45, 1.7)
     canvas = Image.new("L", (2 * size, 2 * size), 0)
-    ImageDraw.Draw(canvas).multiline_text((size // 4, size // 4), "\n".join(lines), font=font,
-                                          fill=255, spacing=spacing)
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((size // 4, size // 2 + k * pitch), line, font=font, fill=255, anchor="ls")
     box = canvas.getbbox() or (0, 0, 1, 1)
     ink = canvas.crop(box)
     w, h = ink.size
@@ -207,10 +220,10 @@ def render_sample(face: str, rng: np.random.Generator, size: int = DEFAULT_SIZE)
     py = int(round(rng.uniform(-slack, max(0, size - h) + slack)))
     mask = Image.new("L", (size, size), 0)
     mask.paste(ink, (px, py))
-    angle = rng.uniform(-4.0, 4.0)
+    angle = rng.uniform(-MAX_ROTATION, MAX_ROTATION)
     mask = mask.rotate(angle, resample=Image.BILINEAR, center=(px + w / 2, py + h / 2))
-    if rng.random() < 0.3:
-        mask = mask.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 0.6))))
+    if rng.random() < BLUR_PROB:
+        mask = mask.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*BLUR_RADIUS))))
 
     bg = rng.uniform(205, 250) + rng.uniform(-12, 12, 3)
     ink_rgb = rng.uniform(10, 80) + rng.uniform(-20, 20, 3)

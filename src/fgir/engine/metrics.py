@@ -18,7 +18,6 @@ import csv
 import math
 import os
 import statistics
-import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from ..utils import atomic_path
 
 ECE_BINS = 15
 _TOPK = 5
@@ -56,18 +57,8 @@ def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 def _atomic_write_text(path: str | os.PathLike, rows: list[list[Any]]) -> str:
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # a unique sibling name (not mkstemp, whose 0600 mode would survive the rename)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.csv")
-    try:
-        with open(tmp, "x", newline="") as f:
-            csv.writer(f).writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "x", newline="") as f:
+        csv.writer(f).writerows(rows)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from ..utils import atomic_path
 
 MAX_TICK_LABELS = 40
 MAX_CELL_ANNOTATIONS = 20
@@ -33,17 +34,8 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> str:
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # a unique sibling name (not mkstemp, whose 0600 mode would survive the rename)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
