@@ -1,6 +1,6 @@
 """TGDA on the bundled CUB-100, CPU scale: teacher, then one student trained three ways.
 
-    python benchmarks/tgda_cub100.py --root ../shared/data/cub100 [--seeds 0] [--epochs 30]
+    python benchmarks/tgda_cub100.py --root ../shared/data/cub100 [--seeds 0] [--epochs 20] [--teacher-epochs 25]
 
 Stages (each a plain `fgir train` run; a stage whose run folder already has final.json is
 reused, so an interrupted benchmark continues where it stopped):
@@ -47,8 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--epochs", type=int, default=30, help="student epochs (same for all three ways)")
-    ap.add_argument("--teacher-epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20, help="student epochs (same for all three ways)")
+    ap.add_argument("--teacher-epochs", type=int, default=25)
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--w-kd", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,13 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         demo.build_fonts(tmp_path / "set", per_class=(1, 1, 1), size=SIZE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_folders_are_cleared(tmp_path):
+    stale = tmp_path / ".set.tmp-1-deadbeef"
+    (stale / "images").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / ".set.tmp-2-cafef00d"  # possibly a build running right now: kept
+    fresh.mkdir()
+    demo.build_fonts(tmp_path / "set", per_class=(1, 1, 1), size=SIZE)
+    assert not stale.exists() and fresh.exists()

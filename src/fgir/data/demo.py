@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import string
-import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -74,15 +74,15 @@ DEFAULT_SIZE = 80
 SPLITS = ("train", "val", "test")
 
 # Rendering ranges (changing any of them changes the images: bump GENERATOR_VERSION).
-CAP_HEIGHT = (0.17, 0.29)
+CAP_HEIGHT = (0.12, 0.18)
 """Height of a capital as a fraction of the image side, the same in pixels for every face."""
 MAX_ROTATION = 4.0
 """Degrees either way; well under the 10-15 degree slant of the oblique and italic faces."""
-BLUR_PROB, BLUR_RADIUS = 0.3, (0.3, 0.6)
-LINE_CHARS = (3, 7)
+BLUR_PROB, BLUR_RADIUS = 0.2, (0.3, 0.5)
+LINE_CHARS = (6, 10)
 """Letters and digits per line before cutting the line to fit the image width."""
-TWO_LINES = 0.5
-"""Probability of a second line (where two fit)."""
+LINES_P = (0.0, 0.3, 0.7)
+"""Probabilities of 1, 2, ... lines (fewer where they do not fit)."""
 ALPHABET = string.ascii_letters + string.digits
 
 
@@ -104,8 +104,8 @@ def default_fonts_root() -> Path:
     return cache_home() / "datasets" / f"fonts-v{GENERATOR_VERSION}"
 
 
-def missing_faces(faces: tuple[str, ...] = FONT_FACES) -> list[str]:
-    return [f for f in faces if not font_path(f).is_file()]
+def missing_faces(faces: tuple[str, ...] | None = None) -> list[str]:
+    return [f for f in (FONT_FACES if faces is None else faces) if not font_path(f).is_file()]
 
 
 @cache
@@ -156,7 +156,8 @@ def check_face(face: str) -> None:
                             f"as its 'l', 'b' and 'h').")
 
 
-def check_faces(faces: tuple[str, ...] = FONT_FACES) -> None:
+def check_faces(faces: tuple[str, ...] | None = None) -> None:
+    faces = FONT_FACES if faces is None else faces
     missing = missing_faces(faces)
     if missing:
         raise FontFaceError(f"Font face(s) {', '.join(missing)} not found in matplotlib's font "
@@ -191,19 +192,22 @@ def _random_line(rng: np.random.Generator, font, width: float) -> str:
 def render_sample(face: str, rng: np.random.Generator, size: int = DEFAULT_SIZE):
     """One RGB image (PIL) of random text in ``face``, drawn from ``rng``.
 
-    The font size is drawn so that a capital is 17-29 % of the image high in every face; one
-    or two lines of 2-7 letters and digits (cut to fit the width) are placed at a random position
-    (a few pixels may fall off an edge), rotated by up to 4 degrees, sometimes slightly blurred,
-    and drawn in dark ink on a light, mildly coloured background with a faint shading ramp."""
+    The font size is drawn so that a capital is `CAP_HEIGHT` of the image side in every face;
+    two or three lines (`LINES_P`) of 6-10 letters and digits (cut to fit the width) form a block
+    that is placed at a random position (a pixel or two may fall off an edge), rotated by up to
+    `MAX_ROTATION` degrees, sometimes slightly blurred, and drawn in dark ink on a light, mildly
+    coloured background with a faint shading ramp. Many small glyphs per image give a classifier
+    enough evidence at 64 px; larger glyphs with fewer per image learned more slowly."""
     from PIL import Image, ImageDraw, ImageFilter
 
     # Same capital height in pixels for every face: glyph shapes, not em sizes, tell faces apart.
     cap = size * rng.uniform(*CAP_HEIGHT)
     pt = max(6, int(round(cap / _cap_ratio(face))))
     font = _font(face, pt)
-    lines = [_random_line(rng, font, 0.95 * size)]
-    if rng.random() < TWO_LINES and 2.9 * cap < 0.95 * size:
-        lines.append(_random_line(rng, font, 0.95 * size))
+    n_lines = int(rng.choice(len(LINES_P), p=LINES_P)) + 1
+    while n_lines > 1 and (n_lines - 1) * 1.7 * cap + 1.3 * cap > 0.95 * size:
+        n_lines -= 1
+    lines = [_random_line(rng, font, 0.95 * size) for _ in range(n_lines)]
     # Lines are set on baselines a fixed multiple of the cap height apart (font line metrics
     # differ too much between faces, the Computer Modern ones especially), on a roomy canvas that
     # is then cut to the ink.
@@ -301,29 +305,50 @@ def build_fonts(root: str | os.PathLike | None = None, *, seed: int = 0,
     check_faces()
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    _remove_stale_siblings(root)
+    tmp = _fresh_sibling(root, "tmp")
+    old: Path | None = None
     try:
         t0 = time.perf_counter()
         counts = _write_set(tmp, seed, per_class, size)
         info = dict(key, counts=counts, num_classes=NUM_FONT_CLASSES,
                     build_seconds=round(time.perf_counter() - t0, 2))
         (tmp / "BUILD.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+        if root.exists():  # an older build (other parameters, or force): move it aside first
+            old = _fresh_sibling(root, "old")
             os.replace(root, old / "set")
         try:
             os.replace(tmp, root)
         except OSError:
             if _is_built(root, key):  # another process finished the same build first
                 return root
+            if old is not None and not root.exists():
+                os.replace(old / "set", root)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for p in (tmp, old):
+            if p is not None and p.exists():
+                shutil.rmtree(p, ignore_errors=True)
     return root
+
+
+def _fresh_sibling(root: Path, tag: str) -> Path:
+    """A new empty folder next to ``root`` (same file system, so renames are atomic)."""
+    p = root.parent / f".{root.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+    p.mkdir()
+    return p
+
+
+def _remove_stale_siblings(root: Path, age_s: float = 3600.0) -> None:
+    """Remove temporary folders left by builds that were killed (older than ``age_s``)."""
+    now = time.time()
+    for tag in ("tmp", "old"):
+        for p in root.parent.glob(f".{root.name}.{tag}-*"):
+            try:
+                if p.is_dir() and now - p.stat().st_mtime > age_s:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _default_counts() -> dict:
