@@ -1,9 +1,9 @@
 """The Python API mirrors the CLI."""
 
 import torch
+from conftest import tiny_cfg
 
 import fgir
-from conftest import tiny_cfg
 
 
 def test_create_model_and_dataset(tiny_root):

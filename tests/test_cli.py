@@ -71,3 +71,9 @@ def test_predict_missing_image_is_named(tiny_root, tmp_path, capsys):
     train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split=", "data.val_split="))
     assert main(["predict", str(tmp_path / "t"), str(tmp_path / "nope.jpg")]) == 2
     assert "nope.jpg" in capsys.readouterr().err
+
+
+def test_config_explain_lists_documented_keys(capsys):
+    assert main(["config", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr = 0.002" in out and "task.tgda.temperature = 0.7" in out

@@ -89,7 +89,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     batch_size: int = 64
-    """Global batch size (split over DDP processes)."""
+    """Global batch per forward (split over DDP processes); one optimizer step sees batch_size * accum_steps images."""
     epochs: int = 30
     sched: str = "cosine"
     """cosine, step or constant."""

@@ -116,3 +116,16 @@ def test_ddp_two_processes_match_one_process(tiny_root, tmp_path):
     two = read_tensors(tmp_path / "two" / "t" / "last.safetensors")
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bf16_autocast_and_accumulation_train(tiny_root, tmp_path):
+    res = train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.amp=bf16", "optim.accum_steps=2",
+                                   "optim.clip_grad=1.0", "optim.epochs=1"))
+    rows = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert torch.isfinite(torch.tensor(rows[-1]["train_loss"]))
+    assert res["epochs"] == 1
+
+
+def test_fp16_on_cpu_is_refused(tiny_root, tmp_path):
+    with pytest.raises(ValueError, match="optim.amp=fp16 needs a CUDA device"):
+        train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.amp=fp16", "run.device=cpu"))

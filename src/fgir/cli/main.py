@@ -106,10 +106,24 @@ def cmd_list(a) -> int:
 
 
 def cmd_config(a) -> int:
+    import dataclasses
+    import typing
+
     import yaml
 
-    from ..config import to_dict
+    from ..config import Config, field_docs, to_dict
 
+    if a.explain:
+        def walk(cls, prefix=""):
+            docs, hints = field_docs(cls), typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if dataclasses.is_dataclass(hints[f.name]):
+                    walk(hints[f.name], f"{prefix}{f.name}.")
+                    continue
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                print(f"{prefix}{f.name} = {default!r}" + (f"\n    {docs[f.name]}" if f.name in docs else ""))
+        walk(Config)
+        return 0
     cfg = load_config(a.config or [], a.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return 0
@@ -175,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("config", help="print the resolved config (defaults < YAML < overrides)")
     s.add_argument("--config", "-c", action="append")
+    s.add_argument("--explain", action="store_true", help="list every key with its default and meaning")
     _add_overrides(s)
     s.set_defaults(fn=cmd_config)
     return p
