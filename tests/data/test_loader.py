@@ -14,7 +14,8 @@ def test_epoch_indices_shard_union_is_single_process_batch():
     r0 = epoch_indices(20, 3, 0, True, 0, 2, True, 4)
     r1 = epoch_indices(20, 3, 0, True, 1, 2, True, 4)
     for k in range(len(r0) // 2):
-        assert set(one[4 * k:4 * k + 4].tolist()) == set(r0[2 * k:2 * k + 2].tolist()) | set(r1[2 * k:2 * k + 2].tolist())
+        union = set(r0[2 * k:2 * k + 2].tolist()) | set(r1[2 * k:2 * k + 2].tolist())
+        assert set(one[4 * k:4 * k + 4].tolist()) == union
 
 
 def test_eval_transform_is_centre_crop_then_normalise():

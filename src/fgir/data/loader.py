@@ -74,7 +74,8 @@ class ArrayLoader:
             order = np.argsort(np.argsort(self.keep[sel.numpy()]))
             x = torch.from_numpy(np.ascontiguousarray(self.array[rows][order])).permute(0, 3, 1, 2)
             y = self.labels[sel]
-            yield {"image": self.transform(x, gen), "target": y, "label": y, "index": torch.from_numpy(self.keep[sel.numpy()])}
+            ids = torch.from_numpy(self.keep[sel.numpy()])
+            yield {"image": self.transform(x, gen), "target": y, "label": y, "index": ids}
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
