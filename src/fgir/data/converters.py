@@ -305,6 +305,14 @@ def _split_by_flag(ids: list[str], images: dict[str, str], class_of: dict[str, i
     return train_val, test
 
 
+
+def _check_contiguous(names: dict[int, str], message: str) -> int:
+    """K = max id + 1; the ids must be exactly 0..K-1 (``message`` may use {k} and {k - 1})."""
+    k = max(names) + 1 if names else 0
+    if sorted(names) != list(range(k)):
+        raise ConversionError(message.replace("{k - 1}", str(k - 1)).replace("{k}", str(k)))
+    return k
+
 @_register("cub", ("images.txt", "image_class_labels.txt", "train_test_split.txt"),
            "the official CUB files (images.txt, image_class_labels.txt, train_test_split.txt, classes.txt)")
 def convert_cub(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val_fraction: float = 0.8,
@@ -445,9 +453,7 @@ def convert_pets(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val
             if names.setdefault(c, breed) != breed:
                 raise ConversionError(f"{path}:{i}: class {c + 1} is both {names[c]!r} and {breed!r}.")
             rows[split].append(Row(c, f"{tok[0]}.jpg"))
-    k = max(names) + 1
-    if sorted(names) != list(range(k)):
-        raise ConversionError(f"{src / 'annotations'}: CLASS-IDs are not contiguous 1..{k}.")
+    k = _check_contiguous(names, f"{src / 'annotations'}: CLASS-IDs are not contiguous 1..{{k}}.")
     return write_manifest(out_dir, train_val=rows["trainval"], test=rows["test"],
                           class_names=[names[c] for c in range(k)], image_root=src / image_folder,
                           converter="pets", source=src, val_fraction=val_fraction)
@@ -515,9 +521,7 @@ def convert_vegfru(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, v
             if names.setdefault(c, folder) != folder:
                 raise ConversionError(f"{path}: label {c} is both {names[c]!r} and {folder!r}.")
             rows[split].append(Row(c, d))
-    k = max(names) + 1
-    if sorted(names) != list(range(k)):
-        raise ConversionError(f"{src}: VegFru labels are not contiguous 0..{k - 1}.")
+    k = _check_contiguous(names, f"{src}: VegFru labels are not contiguous 0..{{k - 1}}.")
     return write_manifest(out_dir, train_val=rows["train"] + rows["val"], test=rows["test"],
                           class_names=[names[c] for c in range(k)], image_root=src / image_folder,
                           converter="vegfru", source=src, val_fraction=val_fraction)
@@ -545,9 +549,7 @@ def convert_inat17(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, v
                 raise ConversionError(f"{path}: image {im['id']} has no annotation.")
             fn = im["file_name"]
             rows[split].append(Row(cat[im["id"]], fn[len(prefix):] if fn.startswith(prefix) else fn))
-    k = max(names) + 1 if names else 0
-    if sorted(names) != list(range(k)):
-        raise ConversionError(f"{src}: category ids are not contiguous 0..{k - 1}.")
+    k = _check_contiguous(names, f"{src}: category ids are not contiguous 0..{{k - 1}}.")
     return write_manifest(out_dir, train_val=rows["train"], test=rows["val"],
                           class_names=[names[c] for c in range(k)], image_root=src / image_folder,
                           converter="inat17", source=src, val_fraction=val_fraction)
@@ -722,9 +724,7 @@ def convert_dogs(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, val
                 raise ConversionError(f"{src / f'{split}_list.mat'}: label {c + 1} is both {names[c]!r} "
                                       f"and {breed!r}.")
             rows[split].append(Row(c, f))
-    k = max(names) + 1
-    if sorted(names) != list(range(k)):
-        raise ConversionError(f"{src}: Stanford Dogs labels are not contiguous 1..{k}.")
+    k = _check_contiguous(names, f"{src}: Stanford Dogs labels are not contiguous 1..{{k}}.")
     return write_manifest(out_dir, train_val=rows["train"], test=rows["test"],
                           class_names=[names[c] for c in range(k)], image_root=src / image_folder,
                           converter="dogs", source=src, val_fraction=val_fraction)

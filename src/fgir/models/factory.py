@@ -23,6 +23,16 @@ def register_model(fn: Any = None, **meta: Any) -> Any:
     return deco(fn) if fn is not None else deco
 
 
+def timm_builder_kwargs(name: str, pretrained: bool, kwargs: dict) -> tuple[dict, Any, Any]:
+    """What fgir builders share when timm calls them: refuse ``pretrained`` (no hosted weights),
+    drop timm's pretrained-config plumbing, and split off ``device``/``dtype``."""
+    if pretrained:
+        raise ValueError(f"{name}: no pretrained weights are hosted; train from scratch or convert a "
+                         "TGDA checkpoint with fgir.models.importers.import_tgda_checkpoint.")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+    return kwargs, kwargs.pop("device", None), kwargs.pop("dtype", None)
+
+
 def model_names(include_timm: bool = True) -> list[str]:
     from . import backbones  # noqa: F401  (registers our builders)
 

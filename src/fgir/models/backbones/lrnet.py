@@ -25,7 +25,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, create_classifier
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from ..factory import register_model
+from ..factory import register_model, timm_builder_kwargs
 
 __all__ = ["LRNet", "feature_take_indices"]
 
@@ -238,12 +238,7 @@ default_cfgs = {name: _pretrained_cfg(1000) for name in _VARIANTS}
 
 
 def _create_lrnet(variant: str, pretrained: bool = False, **kwargs: Any) -> LRNet:
-    if pretrained:
-        raise ValueError(f"{variant}: no pretrained weights are hosted; train from scratch or convert a "
-                         "TGDA checkpoint with fgir.models.importers.import_tgda_checkpoint.")
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    kwargs, device, dtype = timm_builder_kwargs(variant, pretrained, kwargs)
     block, layers = _VARIANTS[variant]
     model = LRNet(block, layers, **kwargs)
     model.pretrained_cfg = model.default_cfg = _pretrained_cfg(model.num_classes, architecture=variant)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, use_fused_attn
 
-from ..factory import register_model
+from ..factory import register_model, timm_builder_kwargs
 from .lrnet import IMAGENET_MEAN, IMAGENET_STD, TGDA_CROP_PCT, feature_take_indices
 
 __all__ = ["ViTFS", "ConvPatchingStem", "TokenBatchNorm1d", "posemb_sincos_2d", "LEGACY_REGISTER_SLICE_MODES"]
@@ -404,12 +404,7 @@ default_cfgs = {n: _pretrained_cfg(1000, (224, 224))
 
 
 def _create_vitfs(variant: str, name: str, pretrained: bool = False, **kwargs: Any) -> ViTFS:
-    if pretrained:
-        raise ValueError(f"{name}: no pretrained weights are hosted; train from scratch or convert a "
-                         "TGDA checkpoint with fgir.models.importers.import_tgda_checkpoint.")
-    for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(k, None)
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    kwargs, device, dtype = timm_builder_kwargs(name, pretrained, kwargs)
     model = ViTFS(**{**_VARIANTS[variant], **kwargs})
     cfg = _pretrained_cfg(model.num_classes, model.img_size, architecture=name)
     model.pretrained_cfg = model.default_cfg = cfg
