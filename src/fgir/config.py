@@ -163,6 +163,8 @@ class TGDAConfig:
     """Per-view KD weights (raw view first, then task.tgda.views), each multiplying T^2 x the view's batch-mean KL; empty = 0.5 each (the reference T^2/(2B) per image)."""
     bn_mode: str = "eval"
     """Teacher BatchNorm mode: eval (default) or train (reference-compat)."""
+    cache_teacher: bool = False
+    """Compute each training image's teacher logits once and reuse them (plain KD only: views=[] and no random augmentation)."""
     antialias: bool = False
     """Antialias the teacher->student downsampling (reference: off)."""
 
@@ -282,6 +284,17 @@ def _validate_cal_tgda(cfg: Config) -> None:
                               f"{cfg.data.img_size}: batches arrive at the teacher size S_t. Set "
                               f"data.img_size={t.teacher_img_size} (and task.tgda.student_img_size for the "
                               "student).")
+        if t.cache_teacher:
+            d = cfg.data
+            random_aug = {"task.tgda.views": bool(t.views), "data.hflip": d.hflip,
+                          "data.auto_augment": bool(d.auto_augment), "data.random_erasing": d.random_erasing > 0,
+                          "data.train_crop": d.train_crop == "rrc" or d.resize_ratio > 1.0,
+                          "optim.mixup/cutmix": cfg.optim.mixup > 0 or cfg.optim.cutmix > 0}
+            on = [k for k, v in random_aug.items() if v]
+            if on:
+                raise ConfigError("task.tgda.cache_teacher=true needs identical teacher inputs every epoch, but "
+                                  f"these make them random: {on}. Turn them off (data.resize_ratio=1 for no "
+                                  "random crop) or leave the cache off.")
         if "mix" in t.views and cfg.optim.batch_size % 2:
             raise ConfigError("task.tgda.views has 'mix', which pairs samples (2i, 2i+1): optim.batch_size "
                               f"must be even, got {cfg.optim.batch_size}.")

@@ -351,3 +351,23 @@ def test_teacher_checkpoint_for_another_class_count_names_both_counts(tmp_path):
     cfg = load_config(overrides=["task.name=tgda", f"task.tgda.teacher={tmp_path}"])
     with pytest.raises(ValueError, match="5 classes.*has 3"):
         build_tgda_task(cfg, TinyNet(K), K)
+
+
+def test_cached_teacher_logits_match_and_are_computed_once():
+    task = tgda(views=[], cache_teacher=True).train()
+    calls = []
+    task.teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    b = batch()
+    b["index"] = torch.arange(b["image"].shape[0])
+    with torch.no_grad():
+        expected = task.teacher(b["image"])
+    calls.clear()
+    cached, _ = task._cached_teacher(b["image"], b["index"])
+    task._cached_teacher(b["image"], b["index"])
+    torch.testing.assert_close(cached, expected, rtol=1e-6, atol=1e-6)
+    assert calls == [b["image"].shape[0]]
+
+
+def test_cache_teacher_refused_with_random_augmentation():
+    with pytest.raises(ConfigError, match="cache_teacher=true needs identical teacher inputs.*data.hflip"):
+        load_config(overrides=["task.name=tgda", "task.tgda.views=[]", "task.tgda.cache_teacher=true"])

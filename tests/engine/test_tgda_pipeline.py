@@ -54,3 +54,9 @@ def test_teacher_of_other_dataset_class_count_is_refused(tiny_root, tmp_path, te
     write_class_table(root / "classid_classname.csv", ["a", "b", "c", "d"])
     with pytest.raises(ValueError, match="4.*3|3.*4"):
         train(tiny_cfg(root, tmp_path, "task.name=tgda", f"task.tgda.teacher={teacher_run}"))
+
+
+def test_plain_kd_with_cached_teacher_trains(tiny_root, tmp_path, teacher_run):
+    res = train(tiny_cfg(tiny_root, tmp_path, "task.name=tgda", f"task.tgda.teacher={teacher_run}",
+                         "task.tgda.views=[]", "task.tgda.cache_teacher=true", "data.hflip=false"))
+    assert 0 <= res["test_top1"] <= 100

@@ -14,8 +14,9 @@ are normalised with the *teacher's* mean/std (exposed as ``TGDATask.input_mean/i
 When the student's normalisation differs, the task re-normalises after the resize. The teacher
 is frozen (``requires_grad_(False)``) and kept in eval mode unless ``bn_mode="train"``.
 
-NOTE: teacher outputs are recomputed every step. Caching them would only be valid without random
-augmentation (the views and the map sampling are random), so no cache is offered.
+Teacher outputs are recomputed every step, except with ``task.tgda.cache_teacher`` (plain KD on
+deterministic inputs; the config validation refuses it when any augmentation is random): then
+each training image's teacher logits are computed once, keyed by the batch's ``index``.
 """
 
 from __future__ import annotations
@@ -331,6 +332,23 @@ class TGDATask(Task):
                                            generator=self.generator))
         return out["logits"], torch.cat(views)
 
+    @torch.no_grad()
+    def _cached_teacher(self, images: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """Teacher logits of a plain-KD batch from the per-image cache (filled on first sight)."""
+        if self.views:
+            raise ValueError("task.tgda.cache_teacher only works for plain KD (task.tgda.views=[]).")
+        if index is None:
+            raise ValueError("task.tgda.cache_teacher needs batches with an 'index' entry (fgir loaders add it).")
+        if not hasattr(self, "_teacher_cache"):
+            self._teacher_cache: dict[int, torch.Tensor] = {}
+        keys = index.tolist()
+        missing = [i for i, k in enumerate(keys) if k not in self._teacher_cache]
+        if missing:
+            logits = self.teacher(images[missing])
+            for i, row in zip(missing, logits):
+                self._teacher_cache[keys[i]] = row
+        return torch.stack([self._teacher_cache[k] for k in keys]), None
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Student logits for teacher-format images (resized to S_s, re-normalised)."""
         return self.model(self.to_student(images))
@@ -348,7 +366,8 @@ class TGDATask(Task):
                              f"(task.tgda.teacher_img_size), got {tuple(x.shape[-2:])}; set "
                              f"data.img_size={st}.")
         with torch.no_grad():
-            t_raw, x_aug = self.teacher_views(x)
+            t_raw, x_aug = self._cached_teacher(x, batch.get("index")) if self.cfg.cache_teacher else \
+                self.teacher_views(x)
             t_aug = self.teacher(x_aug) if x_aug is not None else None
             x_s = self.to_student(x)
             x_aug_s = self.to_student(x_aug) if x_aug is not None else None
