@@ -129,3 +129,24 @@ def test_bf16_autocast_and_accumulation_train(tiny_root, tmp_path):
 def test_fp16_on_cpu_is_refused(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="optim.amp=fp16 needs a CUDA device"):
         train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.amp=fp16", "run.device=cpu"))
+
+
+def test_backbone_initialised_from_own_checkpoint(tiny_root, tmp_path):
+    from fgir.engine.checkpoint import init_from_checkpoint
+
+    train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
+    src = read_tensors(tmp_path / "t" / "last.safetensors")
+    model = build_model(tiny_cfg(tiny_root, tmp_path), 5)  # another class count: the head is re-initialised
+    init_from_checkpoint(model, str(tmp_path / "t"), 5)
+    own = model.state_dict()
+    torch.testing.assert_close(own["conv1.0.weight"], src["conv1.0.weight"], rtol=0, atol=0)
+    assert own["fc.weight"].shape == (5, src["fc.weight"].shape[1])
+
+
+def test_checkpoint_of_other_architecture_is_refused(tiny_root, tmp_path):
+    from fgir.engine.checkpoint import CheckpointError, init_from_checkpoint
+
+    train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
+    with pytest.raises(CheckpointError, match="does not match"):
+        init_from_checkpoint(build_model(tiny_cfg(tiny_root, tmp_path, "model.name=lrnet14"), 3),
+                             str(tmp_path / "t"), 3)
