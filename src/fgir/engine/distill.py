@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import CALConfig, Config, ConfigError, TGDAConfig
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.plugins.cal import (
     CALModel,
     apply_cal,
@@ -44,8 +45,6 @@ from .task import Task
 
 __all__ = ["CALTask", "TGDATask", "build_cal_task", "build_tgda_task", "cal_loss", "kd_loss", "load_teacher"]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 VIEWS = ("crop", "drop", "mix")
 
 
@@ -228,8 +227,8 @@ class TGDATask(Task):
         self.view_weights = [float(w) for w in cfg.view_weights] or None
         self.label_smoothing = label_smoothing
         self.generator = generator
-        tm = _stat(_IMAGENET_MEAN if teacher_mean is None else teacher_mean, "teacher_mean")
-        ts = _stat(_IMAGENET_STD if teacher_std is None else teacher_std, "teacher_std")
+        tm = _stat(IMAGENET_MEAN if teacher_mean is None else teacher_mean, "teacher_mean")
+        ts = _stat(IMAGENET_STD if teacher_std is None else teacher_std, "teacher_std")
         sm = _stat(student_mean, "student_mean") if student_mean is not None else tm.clone()
         ss = _stat(student_std, "student_std") if student_std is not None else ts.clone()
         self.renormalise = not (torch.equal(tm, sm) and torch.equal(ts, ss))

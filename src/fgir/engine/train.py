@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -339,6 +338,3 @@ def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, ta
                            else "last_epoch", "reported_on": d.test_split}
     return out
 
-
-def env_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
