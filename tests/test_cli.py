@@ -76,4 +76,5 @@ def test_predict_missing_image_is_named(tiny_root, tmp_path, capsys):
 def test_config_explain_lists_documented_keys(capsys):
     assert main(["config", "--explain"]) == 0
     out = capsys.readouterr().out
-    assert "optim.lr = 0.002" in out and "task.tgda.temperature = 0.7" in out
+    assert "optim.lr = 0.002" in out and "task.temperature = 0.7" in out
+    assert "model.plugins[i].num_maps = 32" in out and "Number M of part-attention maps" in out

@@ -10,10 +10,10 @@ def test_defaults_validate():
 
 
 def test_override_sets_nested_value():
-    cfg = load_config(overrides=["optim.lr=0.05", "data.name=cub100", "task.tgda.views=crop"])
+    cfg = load_config(overrides=["optim.lr=0.05", "data.name=cub100", "task.name=tgda", "task.views=crop"])
     assert cfg.optim.lr == 0.05
     assert cfg.data.name == "cub100"
-    assert cfg.task.tgda.views == ["crop"]
+    assert cfg.task.views == ["crop"]
 
 
 def test_unknown_key_suggests_close_name():
@@ -50,8 +50,8 @@ def test_invalid_choice_lists_allowed():
 
 
 def test_kd_temperature_must_be_positive():
-    with pytest.raises(ConfigError, match="task.tgda.temperature"):
-        load_config(overrides=["task.tgda.temperature=0"])
+    with pytest.raises(ConfigError, match="task.temperature"):
+        load_config(overrides=["task.name=tgda", "task.temperature=0"])
 
 
 def test_saved_config_round_trips(tmp_path):
@@ -69,3 +69,10 @@ def test_field_docs_feed_help():
     from fgir.config import DataConfig
 
     assert "catalog" in field_docs(DataConfig)["name"]
+
+
+def test_aug_group_defaults_to_per_image_and_must_be_positive():
+    assert load_config().data.aug_group == 1
+    assert load_config(overrides=["data.aug_group=4"]).data.aug_group == 4
+    with pytest.raises(ConfigError, match=r"data\.aug_group must be >= 1"):
+        load_config(overrides=["data.aug_group=0"])

@@ -30,7 +30,7 @@ def test_tgda_student_recipe_matches_paper():
     assert (o.opt, o.lr, o.weight_decay, o.batch_size, o.epochs) == ("adamw", 5e-4, 0.05, 8, 800)
     assert (o.sched, o.warmup_steps, o.warmup_lr, o.min_lr) == ("cosine", 500, 1e-6, 1e-5)
     assert stored_size(cfg.data.img_size, cfg.data.resize_ratio) == 600
-    assert stored_size(cfg.task.tgda.student_img_size, cfg.data.resize_ratio) == 171
+    assert stored_size(cfg.task.student_img_size, cfg.data.resize_ratio) == 171
     assert stored_size(224, cfg.data.resize_ratio) == 300
-    assert (cfg.task.tgda.temperature, cfg.task.tgda.w_ce, cfg.task.tgda.w_kd) == (0.7, 1.0, 1.0)
+    assert (cfg.task.temperature, cfg.task.w_ce, cfg.task.w_kd) == (0.7, 1.0, 1.0)
     assert cfg.data.train_split == "train_val" and cfg.data.test_split == "test"

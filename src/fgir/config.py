@@ -26,19 +26,56 @@ class ConfigError(ValueError):
 
 # ----------------------------------------------------------------------------- sections
 @dataclass
+class PluginConfig:
+    """Base of every plug-in's config dataclass: one entry of ``model.plugins``.
+
+    A plug-in module subclasses this next to its code and registers it with
+    :func:`fgir.models.plugins.register_plugin`; ``config.py`` never names a plug-in.
+    """
+
+    name: str = ""
+    """Registered plug-in name (`fgir list plugins`)."""
+
+    def validate(self, cfg: Config, key: str) -> None:
+        """Cross-field checks; ``key`` is this entry's position (``model.plugins[0]``)."""
+
+
+@dataclass
+class TaskConfig:
+    """Base of every Task's config dataclass (the ``task`` section): the task name plus the
+    task's own fields, e.g. ``task: {name: tgda, teacher: runs/cal, temperature: 2}``."""
+
+    name: str = "classification"
+    """Registered task (`fgir list tasks`): classification, cal, tgda, ..."""
+
+    def validate(self, cfg: Config) -> None:
+        """Cross-field checks against the whole config."""
+
+
+@dataclass
 class ModelConfig:
     name: str = "resnet18"
     """Registered fgir model or any timm model name (`fgir list models`)."""
     pretrained: bool = False
     """Load the timm/HF-hub pretrained weights (needs network or a warm HF cache)."""
     checkpoint: str = ""
-    """Initialise the backbone from this fgir checkpoint (.safetensors/.json) or a timm-style state dict; the head is re-initialised when its class count differs."""
+    """Initialise the model from this fgir checkpoint (.safetensors or run folder) or a timm-style state dict; the head is re-initialised when its class count differs."""
+    checkpoint_strict: bool = True
+    """model.checkpoint must provide every non-head tensor with the right shape; false = load what fits and list what was skipped."""
+    img_size: int = 0
+    """Input size a fixed-size model (timm ViTs) is built for; 0 = data.img_size (position embeddings are resampled from pretrained weights)."""
     drop_rate: float = 0.0
     """Dropout before the classifier."""
     drop_path_rate: float = 0.0
     """Stochastic depth rate."""
     kwargs: dict = field(default_factory=dict)
-    """Extra keyword arguments for the model builder (e.g. img_size for ViTs)."""
+    """Extra keyword arguments for the model builder (e.g. output_stride for timm CNNs)."""
+    plugins: list = field(default_factory=list, metadata={"registry": "plugin"})
+    """Ordered plug-ins applied by build_model, each {name: <plug-in>, <its fields>} (`fgir config --explain` lists them)."""
+    trainable: list = field(default_factory=lambda: ["all"])
+    """Which parameters train, applied after the plug-ins: presets all / head / plugins / backbone / none, or glob patterns over parameter names ('blocks.11.*'); a leading '!' removes matches."""
+    inference: str = "default"
+    """Inference variant for validation, test, eval and predict: default, or one a plug-in adds (cal: tta)."""
 
 
 @dataclass
@@ -63,6 +100,8 @@ class DataConfig:
     """Random horizontal flip during training."""
     auto_augment: str = ""
     """'' (none), 'trivial' (TrivialAugmentWide) or timm-style 'rand-m9-n2' (RandAugment magnitude 9, 2 ops)."""
+    aug_group: int = 1
+    """Images that share one RandAugment/TrivialAugment draw (1 = per image; >1 trades augmentation diversity for speed)."""
     random_erasing: float = 0.0
     """Random erasing probability (after normalisation)."""
     mean: list = field(default_factory=list)
@@ -113,69 +152,6 @@ class OptimConfig:
     ema_decay: float = 0.9998
 
 
-@dataclass
-class CALConfig:
-    """CAL / WS-DAN teacher head (TGDA stage 1), arXiv 2507.12157 spec §3."""
-
-    num_maps: int = 32
-    """Number M of part-attention maps."""
-    center_beta: float = 0.05
-    """Feature-centre update rate beta (centre loss)."""
-    logit_scale: float = 100.0
-    """Logits are W·(scale·f) with f the L2-normalised BAP feature."""
-    crop_threshold: list = field(default_factory=lambda: [0.4, 0.6])
-    """Attention-crop threshold range [lo, hi], relative to the map's max, drawn per sample."""
-    drop_threshold: list = field(default_factory=lambda: [0.2, 0.5])
-    """Attention-drop threshold range [lo, hi], relative to the map's max, drawn per sample."""
-    mix_threshold: list = field(default_factory=lambda: [0.4, 0.6])
-    """Attention-mix box threshold range [lo, hi], relative to the map's max, drawn per sample."""
-    crop_padding: float = 0.1
-    """Crop box padding as a fraction of the image side."""
-    with_replacement: bool = True
-    """Draw the augmentation maps with replacement (reference: crop and drop may share a map)."""
-    pam_sampling: str = "sample"
-    """sample (maps drawn in proportion to their mass) or mean (channel-mean map)."""
-    mix_padding: float = 0.0
-    """Attention-mix box padding as a fraction of the image side (reference: 0)."""
-    tta_eval: bool = False
-    """Evaluate the CAL model with the 8-view inference (raw + 3 mean-map crops, x h-flip) instead of one view."""
-
-
-@dataclass
-class TGDAConfig:
-    """Teacher-guided augmentation + KD (TGDA stage 2), arXiv 2507.12157 spec §4-5."""
-
-    teacher: str = ""
-    """Path of the trained CAL teacher checkpoint (fgir .safetensors)."""
-    teacher_img_size: int = 0
-    """Teacher input size S_t; 0 = data.img_size. Batches arrive at S_t, so a non-zero value must equal data.img_size."""
-    student_img_size: int = 0
-    """Student input size S_s (0 = same as the teacher)."""
-    temperature: float = 0.7
-    """KD temperature T (> 0); reference code default 0.7."""
-    w_ce: float = 1.0
-    """Weight of the cross-entropy on the raw student logits."""
-    w_kd: float = 1.0
-    """Weight of the KD term."""
-    views: list = field(default_factory=lambda: ["crop", "drop"])
-    """Teacher-guided views: any of crop, drop, mix. Empty = plain KD (ablation)."""
-    view_weights: list = field(default_factory=list)
-    """Per-view KD weights (raw view first, then task.tgda.views), each multiplying T^2 x the view's batch-mean KL; empty = 0.5 each (the reference T^2/(2B) per image)."""
-    bn_mode: str = "eval"
-    """Teacher BatchNorm mode: eval (default) or train (reference-compat)."""
-    cache_teacher: bool = False
-    """Compute each training image's teacher logits once and reuse them (plain KD only: views=[] and no random augmentation)."""
-    antialias: bool = False
-    """Antialias the teacher->student downsampling (reference: off)."""
-
-
-@dataclass
-class TaskConfig:
-    name: str = "classification"
-    """classification, cal (train a CAL teacher) or tgda (distil a student)."""
-    cal: CALConfig = field(default_factory=CALConfig)
-    tgda: TGDAConfig = field(default_factory=TGDAConfig)
-
 
 @dataclass
 class RunConfig:
@@ -199,12 +175,14 @@ class RunConfig:
     device: str = "auto"
 
 
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=lambda: registered_config("task", "classification", "task.name")(),
+                             metadata={"registry": "task"})
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
@@ -212,92 +190,57 @@ class Config:
         _check_choice("optim.amp", self.optim.amp, ["none", "bf16", "fp16"])
         _check_choice("optim.sched", self.optim.sched, ["cosine", "step", "constant"])
         _check_choice("data.train_crop", self.data.train_crop, ["random", "rrc"])
-        _check_choice("task.tgda.bn_mode", self.task.tgda.bn_mode, ["eval", "train"])
-        _check_choice("task.cal.pam_sampling", self.task.cal.pam_sampling, ["sample", "mean"])
-        if self.run.selection == "best_val" and not self.data.val_split:
+        d = self.data
+        if self.run.selection == "best_val" and not d.val_split:
             raise ConfigError("run.selection=best_val needs data.val_split (a split other than test).")
-        if self.data.val_split and self.data.val_split == self.data.test_split:
-            raise ConfigError(f"data.val_split='{self.data.val_split}' equals data.test_split: model "
+        if d.val_split and d.val_split == d.test_split:
+            raise ConfigError(f"data.val_split='{d.val_split}' equals data.test_split: model "
                               "selection must never see the test split. Use 'val' or leave it empty.")
+        if d.test_split and d.train_split == d.test_split:
+            raise ConfigError(f"data.train_split='{d.train_split}' equals data.test_split: the test split must be "
+                              "held out. Train on train or train_val.")
+        if self.run.selection == "best_val" and (d.val_split == d.train_split or
+                                                 (d.train_split == "train_val" and d.val_split in ("train", "val"))):
+            raise ConfigError(f"run.selection=best_val selects on data.val_split='{d.val_split}', which is part of "
+                              f"data.train_split='{d.train_split}': selecting on images the model trains on picks "
+                              "the most over-fitted epoch. Train on 'train' to select on 'val', or use "
+                              "run.selection=last.")
         for key, val in [("optim.lr", self.optim.lr), ("optim.batch_size", self.optim.batch_size),
                          ("optim.epochs", self.optim.epochs), ("data.img_size", self.data.img_size),
-                         ("optim.accum_steps", self.optim.accum_steps)]:
+                         ("optim.accum_steps", self.optim.accum_steps), ("run.eval_every", self.run.eval_every)]:
             if val <= 0:
                 raise ConfigError(f"{key} must be > 0, got {val}.")
+        if self.model.img_size < 0:
+            raise ConfigError(f"model.img_size must be >= 0 (0 = data.img_size), got {self.model.img_size}.")
+        if d.aug_group < 1:
+            raise ConfigError(f"data.aug_group must be >= 1 (1 = one augmentation draw per image), got {d.aug_group}.")
         if not 0 <= self.optim.label_smoothing < 1:
             raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.optim.label_smoothing}.")
-        t = self.task.tgda
-        if t.temperature <= 0:
-            raise ConfigError(f"task.tgda.temperature must be > 0, got {t.temperature}.")
-        for key, val in [("task.tgda.w_ce", t.w_ce), ("task.tgda.w_kd", t.w_kd)]:
-            if val < 0:
-                raise ConfigError(f"{key} must be >= 0, got {val}.")
-        for v in t.views:
-            _check_choice("task.tgda.views", v, ["crop", "drop", "mix"])
-        _validate_cal_tgda(self)
+        if not self.model.trainable:
+            raise ConfigError("model.trainable is empty; use [all] to train everything or [none] to train nothing.")
+        for t in self.model.trainable:
+            if not isinstance(t, str) or not t.strip("!"):
+                raise ConfigError(f"model.trainable entries are presets or glob patterns (strings), got {t!r}.")
+        for i, p in enumerate(self.model.plugins):
+            p.validate(self, f"model.plugins[{i}]")
+        self.task.validate(self)
         return self
 
 
-def _validate_cal_tgda(cfg: Config) -> None:
-    """Ranges of the task.cal / task.tgda keys (spec tgda.md §3-5)."""
-    c, t = cfg.task.cal, cfg.task.tgda
-    if c.num_maps < 1:
-        raise ConfigError(f"task.cal.num_maps must be >= 1, got {c.num_maps}.")
-    if not 0 <= c.center_beta <= 1:
-        raise ConfigError(f"task.cal.center_beta must be in [0, 1], got {c.center_beta}.")
-    if c.logit_scale <= 0:
-        raise ConfigError(f"task.cal.logit_scale must be > 0, got {c.logit_scale}.")
-    for key, rng in [("task.cal.crop_threshold", c.crop_threshold),
-                     ("task.cal.drop_threshold", c.drop_threshold),
-                     ("task.cal.mix_threshold", c.mix_threshold)]:
-        try:
-            vals = [float(v) for v in rng]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{key} must be [lo, hi] numbers, got {rng!r}.") from e
-        if len(vals) != 2 or not 0 <= vals[0] <= vals[1] <= 1:
-            raise ConfigError(f"{key} must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the map's max), "
-                              f"got {rng!r}.")
-        setattr(c, key.rsplit(".", 1)[1], vals)  # CLI lists arrive as strings
-    for key, val in [("task.cal.crop_padding", c.crop_padding), ("task.cal.mix_padding", c.mix_padding)]:
-        if not 0 <= val < 1:
-            raise ConfigError(f"{key} must be in [0, 1) (a fraction of the image side), got {val}.")
-    for key, val in [("task.tgda.teacher_img_size", t.teacher_img_size),
-                     ("task.tgda.student_img_size", t.student_img_size)]:
-        if val < 0:
-            raise ConfigError(f"{key} must be >= 0 (0 = default), got {val}.")
-    if t.view_weights:
-        n = 1 + len(t.views)
-        if len(t.view_weights) != n:
-            raise ConfigError(f"task.tgda.view_weights needs {n} values (raw + {list(t.views)}), "
-                              f"got {len(t.view_weights)}: {t.view_weights!r}. Leave it empty for the "
-                              "reference weighting.")
-        try:
-            weights = [float(w) for w in t.view_weights]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"task.tgda.view_weights must be numbers >= 0, got {t.view_weights!r}.") from e
-        if any(w < 0 for w in weights):
-            raise ConfigError(f"task.tgda.view_weights must be numbers >= 0, got {t.view_weights!r}.")
-        t.view_weights = weights
-    if cfg.task.name == "tgda":
-        if t.teacher_img_size and t.teacher_img_size != cfg.data.img_size:
-            raise ConfigError(f"task.tgda.teacher_img_size={t.teacher_img_size} differs from data.img_size="
-                              f"{cfg.data.img_size}: batches arrive at the teacher size S_t. Set "
-                              f"data.img_size={t.teacher_img_size} (and task.tgda.student_img_size for the "
-                              "student).")
-        if t.cache_teacher:
-            d = cfg.data
-            random_aug = {"task.tgda.views": bool(t.views), "data.hflip": d.hflip,
-                          "data.auto_augment": bool(d.auto_augment), "data.random_erasing": d.random_erasing > 0,
-                          "data.train_crop": d.train_crop == "rrc" or d.resize_ratio > 1.0,
-                          "optim.mixup/cutmix": cfg.optim.mixup > 0 or cfg.optim.cutmix > 0}
-            on = [k for k, v in random_aug.items() if v]
-            if on:
-                raise ConfigError("task.tgda.cache_teacher=true needs identical teacher inputs every epoch, but "
-                                  f"these make them random: {on}. Turn them off (data.resize_ratio=1 for no "
-                                  "random crop) or leave the cache off.")
-        if "mix" in t.views and cfg.optim.batch_size % 2:
-            raise ConfigError("task.tgda.views has 'mix', which pairs samples (2i, 2i+1): optim.batch_size "
-                              f"must be even, got {cfg.optim.batch_size}.")
+def check_range_pair(key: str, value: Any, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """``[a, b]`` numbers with ``lo <= a <= b <= hi`` (CLI lists arrive as strings); ConfigError otherwise."""
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key} must be [lo, hi] numbers, got {value!r}.") from e
+    if len(vals) != 2 or not lo <= vals[0] <= vals[1] <= hi:
+        raise ConfigError(f"{key} must be [lo, hi] with {lo:g} <= lo <= hi <= {hi:g}, got {value!r}.")
+    return vals
+
+
+def check_choice(key: str, value: Any, allowed: list[str]) -> None:
+    """ConfigError naming ``key`` when ``value`` is not one of ``allowed`` (with close matches)."""
+    _check_choice(key, value, allowed)
 
 
 def _check_choice(key: str, value: Any, allowed: list[str]) -> None:
@@ -311,20 +254,21 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings (the string literal under each field) for CLI help."""
+    """Field docstrings (the string literal under each field) for CLI help, inherited ones included."""
     import ast
     import inspect
     import textwrap
 
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
     docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            docs[a.target.id] = str(b.value.value)  # type: ignore[union-attr]
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = str(b.value.value)  # type: ignore[union-attr]
     return docs
 
 
@@ -373,21 +317,86 @@ def _coerce(key: str, value: Any, tp: Any, default: Any) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
-    """Build dataclass ``cls`` from ``data`` on top of ``base`` (or defaults); unknown keys raise."""
+def _registry(kind: str):
+    from .registry import PLUGINS, TASKS
+
+    return {"plugin": PLUGINS, "task": TASKS}[kind]
+
+
+def registered_config(kind: str, name: Any, key: str) -> type:
+    """The config dataclass registered for plug-in / task ``name``; ConfigError naming ``key`` otherwise."""
+    reg = _registry(kind)
+    if not isinstance(name, str) or name not in reg:
+        raise ConfigError(f"{key}={name!r} is not a registered {kind}.{suggest(str(name), reg.names())} "
+                          f"Registered: {', '.join(reg.names())} (`fgir list {kind}s`).")
+    return reg.meta(name)["config"]
+
+
+def _resolve_task(value: Any, cur: TaskConfig, key: str) -> TaskConfig:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} expects a mapping like {{name: tgda, ...}}, got {value!r}.")
+    name = value.get("name", cur.name)
+    cls = registered_config("task", name, f"{key}.name")
+    base = cur if type(cur) is cls else cls()
+    base.name = name
+    return from_dict(cls, {k: v for k, v in value.items() if k != "name"}, f"{key}.", base,
+                     context=f" (fields of task '{name}'; task.name picks the task)")
+
+
+def _resolve_plugins(value: Any, cur: list, key: str) -> list:
+    entries = [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else e for e in cur]
+    if isinstance(value, dict) and all(str(k).isdigit() for k in value):  # model.plugins.0.field=... overrides
+        for k, sub in value.items():
+            i = int(k)
+            if i >= len(entries):
+                raise ConfigError(f"{key}.{i}: there is no entry {i} ({key} has {len(entries)} entries).")
+            entries[i] = _deep_merge(entries[i], sub) if isinstance(sub, dict) else sub
+        value = entries
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} expects a list of {{name: <plug-in>, ...}} entries, got {value!r}.")
+    out = []
+    for i, e in enumerate(value):
+        where = f"{key}[{i}]"
+        if dataclasses.is_dataclass(e):
+            e = dataclasses.asdict(e)
+        if isinstance(e, str):
+            e = {"name": e}
+        if not isinstance(e, dict) or "name" not in e:
+            raise ConfigError(f"{where} must be a mapping with a 'name' (a registered plug-in), got {e!r}.")
+        cls = registered_config("plugin", e["name"], f"{where}.name")
+        out.append(from_dict(cls, {k: v for k, v in e.items() if k != "name"}, f"{where}.", cls(name=e["name"]),
+                             context=f" (fields of plug-in '{e['name']}')"))
+    return out
+
+
+def from_dict(cls: type, data: dict, prefix: str = "", base: Any = None, context: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data`` on top of ``base`` (or defaults); unknown keys raise.
+
+    Fields with ``metadata={"registry": "task"}`` hold the registered task's own config dataclass
+    (chosen by its ``name``); ``metadata={"registry": "plugin"}`` fields hold a list of plug-in
+    config dataclasses, one per ``{name: ..., ...}`` entry.
+    """
     obj = base if base is not None else cls()
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} expects a mapping, got {data!r}.")
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     for key, value in data.items():
         full = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"Unknown config key '{full}'.{suggest(key, names)} "
+        if key not in fields:
+            raise ConfigError(f"Unknown config key '{full}'{context}.{suggest(str(key), names)} "
                               f"Valid keys under '{prefix.rstrip('.') or '<root>'}': {', '.join(names)}.")
         tp = hints[key]
         cur = getattr(obj, key)
-        if dataclasses.is_dataclass(tp):
+        kind = fields[key].metadata.get("registry")
+        if kind == "task":
+            setattr(obj, key, _resolve_task(value, cur, full))
+        elif kind == "plugin":
+            setattr(obj, key, _resolve_plugins(value, cur, full))
+        elif dataclasses.is_dataclass(tp):
             setattr(obj, key, from_dict(tp, value or {}, f"{full}.", cur))
         elif (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict) and isinstance(cur, dict):
             setattr(obj, key, {**cur, **value})
@@ -403,8 +412,52 @@ def to_dict(cfg: Any) -> dict:
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        cur = out.get(k)
+        if isinstance(v, dict) and isinstance(cur, dict):
+            out[k] = _deep_merge(cur, v)
+        elif isinstance(v, dict) and isinstance(cur, list) and v and all(str(i).isdigit() for i in v):
+            items = list(cur)  # `model.plugins.0.num_maps=8`: edit one entry of a list
+            for i, sub in v.items():
+                i = int(i)
+                if i >= len(items):
+                    raise ConfigError(f"{k}.{i}: there is no entry {i} ({k} has {len(items)} entries).")
+                items[i] = _deep_merge(items[i], sub) if isinstance(sub, dict) and isinstance(items[i], dict) else sub
+            out[k] = items
+        else:
+            out[k] = v
     return out
+
+
+def explain() -> list[str]:
+    """``fgir config --explain``: every key with its default and docstring, then the fields of every
+    registered task and plug-in."""
+    from .registry import PLUGINS, TASKS
+
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str, skip: tuple = ()) -> None:
+        docs, hints = field_docs(cls), _hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            if dataclasses.is_dataclass(hints[f.name]) and not f.metadata.get("registry"):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if dataclasses.is_dataclass(default):
+                default = default.name
+            lines.append(f"{prefix}{f.name} = {default!r}" + (f"\n    {docs[f.name]}" if f.name in docs else ""))
+
+    walk(Config, "")
+    for kind, reg, prefix in (("task", TASKS, "task."), ("plug-in", PLUGINS, "model.plugins[i].")):
+        for name in reg.names():
+            cls = reg.meta(name)["config"]
+            doc = (cls.__doc__ or "").strip().split("\n")[0]
+            lines.append(f"\n# {kind} '{name}'" + (f": {doc}" if doc else ""))
+            if kind == "plug-in":
+                lines.append(f"{prefix}name = {name!r}")
+            walk(cls, prefix, skip=("name",) if kind == "task" else ("name",))
+    return lines
 
 
 def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
@@ -446,6 +499,36 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+_LEGACY_CAL_HEAD = ("num_maps", "center_beta", "logit_scale", "pam_sampling", "with_replacement")
+_LEGACY_CAL_VIEWS = ("crop_threshold", "drop_threshold", "crop_padding")
+_LEGACY_TGDA_VIEWS = _LEGACY_CAL_VIEWS + ("mix_threshold", "mix_padding", "pam_sampling", "with_replacement")
+
+
+def migrate_legacy(data: dict) -> dict:
+    """Shim for configs of fgir <= 0.1 (checkpoint schema 1), which had fixed ``task.cal`` and
+    ``task.tgda`` sections: the CAL head becomes the ``cal`` entry of ``model.plugins``, the task's
+    own fields move up under ``task``, ``task.cal.tta_eval`` becomes ``model.inference: tta``.
+    Configs without those sections are returned unchanged."""
+    task = data.get("task")
+    if not isinstance(task, dict) or not any(isinstance(task.get(k), dict) for k in ("cal", "tgda")):
+        return data
+    out = {**data, "model": dict(data.get("model") or {})}
+    task = dict(task)
+    cal, tgda = task.pop("cal", None) or {}, task.pop("tgda", None) or {}
+    name = task.get("name", "classification")
+    if name == "cal":
+        head = {k: cal[k] for k in _LEGACY_CAL_HEAD if k in cal}
+        out["model"]["plugins"] = [{"name": "cal", **head}] + list(out["model"].get("plugins") or [])
+        task.update({k: cal[k] for k in _LEGACY_CAL_VIEWS if k in cal})
+        if cal.get("tta_eval"):
+            out["model"]["inference"] = "tta"
+    elif name == "tgda":
+        task.update({k: cal[k] for k in _LEGACY_TGDA_VIEWS if k in cal})
+        task.update(tgda)
+    out["task"] = task
+    return out
+
+
 def load_config(files: list[str] | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> Config:
     """Compose defaults < YAML files < dict < dot-list overrides into a validated ``Config``."""
@@ -455,11 +538,11 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
     if data:
         merged = _deep_merge(merged, data)
     merged = _deep_merge(merged, parse_overrides(overrides or []))
-    return from_dict(Config, merged).validate()
+    return from_dict(Config, migrate_legacy(merged)).validate()
 
 
 def config_from_dict(data: dict) -> Config:
-    return from_dict(Config, data).validate()
+    return from_dict(Config, migrate_legacy(data)).validate()
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

@@ -28,10 +28,21 @@ class Registry:
     listing close matches.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, autoload: tuple[str, ...] = ()):
         self.kind = kind
         self._items: dict[str, Any] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._autoload = autoload
+        self._loaded = not autoload
+
+    def _load(self) -> None:
+        """Import the modules that register the built-in entries (once, on first lookup)."""
+        if not self._loaded:
+            self._loaded = True
+            import importlib
+
+            for mod in self._autoload:
+                importlib.import_module(mod)
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[Any], Any]:
         """Decorator: ``@REG.register()`` or ``@REG.register("name", key=value)``."""
@@ -49,6 +60,7 @@ class Registry:
         self._meta[name] = meta
 
     def get(self, name: str) -> Any:
+        self._load()
         if name not in self._items:
             raise KeyError(f"Unknown {self.kind} '{name}'.{suggest(name, self.names())} "
                            f"See `fgir list {self.kind}s`.")
@@ -59,18 +71,26 @@ class Registry:
         return self._meta[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
 
 
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
-TASKS = Registry("task")
+TASKS = Registry("task", autoload=("fgir.engine.classification", "fgir.engine.distill", "fgir.models.plugins"))
+"""Training tasks: name -> builder ``(cfg, model, num_classes, **kw) -> Task``; meta ``config`` is the
+task's config dataclass (a :class:`fgir.config.TaskConfig` subclass)."""
+PLUGINS = Registry("plugin", autoload=("fgir.models.plugins",))
+"""Model plug-ins: name -> ``apply(model, cfg) -> model``; meta ``config`` is the plug-in's config
+dataclass (a :class:`fgir.config.PluginConfig` subclass). See :mod:`fgir.models.plugins`."""

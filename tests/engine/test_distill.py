@@ -11,9 +11,17 @@ import torch.nn.functional as F
 from conftest import TinyNet
 from torch.testing import assert_close
 
-from fgir.config import CALConfig, Config, ConfigError, TGDAConfig, load_config
-from fgir.engine.distill import CALTask, TGDATask, build_cal_task, build_tgda_task, cal_loss, kd_loss
-from fgir.models.plugins.cal import CALModel, apply_cal
+from fgir.config import Config, ConfigError, load_config
+from fgir.engine.distill import (
+    CALTask,
+    TGDAConfig,
+    TGDATask,
+    build_cal_task,
+    build_tgda_task,
+    cal_loss,
+    kd_loss,
+)
+from fgir.models.plugins.cal import CALConfig, CALModel, apply_cal
 from fgir.registry import TASKS
 
 K = 3
@@ -33,7 +41,7 @@ class LinearStudent(nn.Module):
 
 
 def teacher(num_classes: int = K) -> CALModel:
-    return apply_cal(TinyNet(), num_classes, CALConfig(num_maps=4))
+    return apply_cal(TinyNet(), CALConfig(num_maps=4), num_classes=num_classes)
 
 
 def batch(b: int = 4, size: int = 32, num_classes: int = K) -> dict:
@@ -42,7 +50,7 @@ def batch(b: int = 4, size: int = 32, num_classes: int = K) -> dict:
 
 
 def tgda(student=None, t=None, **cfg) -> TGDATask:
-    return TGDATask(student or TinyNet(K), t or teacher(), TGDAConfig(**cfg), CALConfig(num_maps=4))
+    return TGDATask(student or TinyNet(K), t or teacher(), TGDAConfig(**cfg))
 
 
 # ----------------------------------------------------------------------------- KD loss
@@ -145,11 +153,11 @@ def test_student_downsampling_is_bicubic_without_antialias_by_default():
 
 
 def test_student_renormalisation_when_stats_differ():
-    task = TGDATask(TinyNet(K), teacher(), TGDAConfig(), CALConfig(num_maps=4), teacher_mean=(0.5, 0.5, 0.5),
+    task = TGDATask(TinyNet(K), teacher(), TGDAConfig(), teacher_mean=(0.5, 0.5, 0.5),
                     teacher_std=(0.5, 0.5, 0.5), student_mean=(0.0, 0.0, 0.0), student_std=(1.0, 1.0, 1.0))
     x = torch.randn(1, 3, 8, 8)
     assert_close(task.to_student(x), x * 0.5 + 0.5, atol=1e-6, rtol=0)
-    assert task.input_mean == (0.5, 0.5, 0.5)
+    assert task.input_spec().mean == (0.5, 0.5, 0.5)
 
 
 def test_eval_forward_uses_the_student_alone():
@@ -220,28 +228,28 @@ def test_one_tgda_step_lowers_the_loss():
 
 # ----------------------------------------------------------------------------- errors
 def test_temperature_must_be_positive_and_names_key():
-    with pytest.raises(ConfigError, match="task.tgda.temperature"):
+    with pytest.raises(ConfigError, match="task.temperature"):
         tgda(temperature=0.0)
 
 
 def test_negative_kd_weight_names_key():
-    with pytest.raises(ConfigError, match="task.tgda.w_kd"):
+    with pytest.raises(ConfigError, match="task.w_kd"):
         tgda(w_kd=-1.0)
 
 
 def test_view_weights_length_names_key():
-    with pytest.raises(ConfigError, match="task.tgda.view_weights"):
+    with pytest.raises(ConfigError, match="task.view_weights"):
         tgda(view_weights=[1.0, 1.0])
 
 
 def test_teacher_for_another_class_count_names_both_counts():
     with pytest.raises(ValueError, match="5 classes.*3"):
-        TGDATask(TinyNet(3), teacher(5), TGDAConfig(), CALConfig(num_maps=4))
+        TGDATask(TinyNet(3), teacher(5), TGDAConfig())
 
 
 def test_incompatible_class_tables_raise():
     with pytest.raises(ValueError, match="class table"):
-        TGDATask(TinyNet(3), teacher(3), TGDAConfig(), CALConfig(num_maps=4),
+        TGDATask(TinyNet(3), teacher(3), TGDAConfig(),
                  teacher_classes=["a", "b", "c"], student_classes=["a", "x", "c"])
 
 
@@ -256,30 +264,45 @@ def test_batch_at_wrong_teacher_size_raises():
 
 
 def test_missing_teacher_checkpoint_names_key(tmp_path):
-    cfg = load_config(overrides=["task.name=tgda", f"task.tgda.teacher={tmp_path / 'nope.safetensors'}"])
-    with pytest.raises(FileNotFoundError, match="task.tgda.teacher"):
+    cfg = load_config(overrides=["task.name=tgda", f"task.teacher={tmp_path / 'nope.safetensors'}"])
+    with pytest.raises(FileNotFoundError, match="task.teacher"):
         build_tgda_task(cfg, TinyNet(K), K)
 
 
 def test_empty_teacher_path_names_key():
-    with pytest.raises(ConfigError, match="task.tgda.teacher is empty"):
+    with pytest.raises(ConfigError, match="task.teacher is empty"):
         build_tgda_task(load_config(overrides=["task.name=tgda"]), TinyNet(K), K)
 
 
 def test_config_validation_of_cal_and_tgda_keys():
-    with pytest.raises(ConfigError, match="task.cal.crop_threshold"):
-        load_config(overrides=["task.cal.crop_threshold=[0.6,0.4]"])
+    with pytest.raises(ConfigError, match="task.crop_threshold"):
+        load_config(overrides=["task.name=tgda", "task.crop_threshold=[0.6,0.4]"])
+    with pytest.raises(ConfigError, match=r"model.plugins\[0\].num_maps must be >= 1"):
+        load_config(overrides=["model.plugins=[{name: cal, num_maps: 0}]", "task.name=cal"])
     with pytest.raises(ConfigError, match="optim.batch_size must be even"):
-        load_config(overrides=["task.name=tgda", "task.tgda.views=[crop,mix]", "optim.batch_size=7"])
+        load_config(overrides=["task.name=tgda", "task.views=[crop,mix]", "optim.batch_size=7"])
 
 
 # ----------------------------------------------------------------------------- builders and CAL task
-def test_tasks_are_registered_and_builders_wrap_models():
+def test_tasks_are_registered_with_their_configs():
     assert TASKS.get("cal") is build_cal_task and TASKS.get("tgda") is build_tgda_task
-    cfg = Config()
-    cal_task = build_cal_task(cfg, TinyNet(), K)
+    assert TASKS.meta("tgda")["config"] is TGDAConfig
+    cfg = load_config(overrides=["task.name=tgda"])
+    assert isinstance(cfg.task, TGDAConfig) and cfg.task.temperature == 0.7
+
+
+def test_cal_task_needs_the_cal_plugin():
+    with pytest.raises(ConfigError, match=r"model.plugins=\[\{name: cal\}\]"):
+        load_config(overrides=["task.name=cal"])
+    with pytest.raises(ConfigError, match="no CAL head"):
+        build_cal_task(Config(), TinyNet(), K)
+
+
+def test_builders_wrap_models():
+    cal_task = build_cal_task(Config(), teacher(), K)
     assert isinstance(cal_task.model, CALModel) and cal_task.model.num_classes == K
-    task = build_tgda_task(cfg, TinyNet(K), K, teacher=teacher())
+    cfg = Config()
+    task = build_tgda_task(load_config(overrides=["task.name=tgda"]), TinyNet(K), K, teacher=teacher())
     assert not task.teacher.training and task.label_smoothing == cfg.optim.label_smoothing
 
 
@@ -330,7 +353,7 @@ def _save_cal_teacher(tmp_path, num_classes: int, class_names: list[str]):
     from fgir.engine.build import build_model
     from fgir.engine.checkpoint import checkpoint_meta, save_weights
 
-    cfg = load_config(overrides=["task.name=cal", "model.name=resnet18", "task.cal.num_maps=2",
+    cfg = load_config(overrides=["task.name=cal", "model.name=resnet18", "model.plugins=[{name: cal, num_maps: 2}]",
                                  "data.img_size=32"])
     model = build_model(cfg, num_classes)
     meta = checkpoint_meta(cfg, num_classes, class_names, epoch=1, step=1, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -339,16 +362,16 @@ def _save_cal_teacher(tmp_path, num_classes: int, class_names: list[str]):
 
 def test_teacher_loads_from_a_cal_checkpoint(tmp_path):
     path, saved = _save_cal_teacher(tmp_path, K, ["a", "b", "c"])
-    cfg = load_config(overrides=["task.name=tgda", f"task.tgda.teacher={tmp_path}", "data.img_size=32"])
+    cfg = load_config(overrides=["task.name=tgda", f"task.teacher={tmp_path}", "data.img_size=32"])
     task = build_tgda_task(cfg, TinyNet(K), K, class_names=["a", "b", "c"])
     x = torch.randn(2, 3, 32, 32)
-    assert isinstance(task.teacher, CALModel) and task.input_mean == (0.5, 0.5, 0.5)
+    assert isinstance(task.teacher, CALModel) and task.input_spec().mean == (0.5, 0.5, 0.5)
     assert_close(task.teacher(x), saved.eval()(x), atol=1e-5, rtol=1e-5)
 
 
 def test_teacher_checkpoint_for_another_class_count_names_both_counts(tmp_path):
     _save_cal_teacher(tmp_path, 5, list("abcde"))
-    cfg = load_config(overrides=["task.name=tgda", f"task.tgda.teacher={tmp_path}"])
+    cfg = load_config(overrides=["task.name=tgda", f"task.teacher={tmp_path}"])
     with pytest.raises(ValueError, match="5 classes.*has 3"):
         build_tgda_task(cfg, TinyNet(K), K)
 
@@ -370,4 +393,4 @@ def test_cached_teacher_logits_match_and_are_computed_once():
 
 def test_cache_teacher_refused_with_random_augmentation():
     with pytest.raises(ConfigError, match="cache_teacher=true needs identical teacher inputs.*data.hflip"):
-        load_config(overrides=["task.name=tgda", "task.tgda.views=[]", "task.tgda.cache_teacher=true"])
+        load_config(overrides=["task.name=tgda", "task.views=[]", "task.cache_teacher=true"])

@@ -147,6 +147,6 @@ def test_checkpoint_of_other_architecture_is_refused(tiny_root, tmp_path):
     from fgir.engine.checkpoint import CheckpointError, init_from_checkpoint
 
     train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="does not fit"):
         init_from_checkpoint(build_model(tiny_cfg(tiny_root, tmp_path, "model.name=lrnet14"), 3),
                              str(tmp_path / "t"), 3)

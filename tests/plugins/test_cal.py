@@ -10,8 +10,8 @@ from conftest import TinyNet as _TinyNet
 from torch.testing import assert_close
 
 from fgir.benchmarks.flops import count_params
-from fgir.config import CALConfig
 from fgir.models.plugins.cal import (
+    CALConfig,
     CALHead,
     CALModel,
     apply_cal,
@@ -32,7 +32,7 @@ class TinyNet(_TinyNet):
 
 
 def tiny_cal(num_classes=3, num_maps=4, **kw) -> CALModel:
-    return apply_cal(TinyNet(), num_classes, CALConfig(num_maps=num_maps, **kw))
+    return apply_cal(TinyNet(), CALConfig(num_maps=num_maps, **kw), num_classes=num_classes)
 
 
 # ----------------------------------------------------------------------------- BAP and head
@@ -77,7 +77,7 @@ def test_param_census_resnet18_trunk():
 
     trunk = count_params(timm.create_model("resnet18", num_classes=0))
     with torch.device("meta"):
-        model = apply_cal(timm.create_model("resnet18", num_classes=10), 10)
+        model = apply_cal(timm.create_model("resnet18", num_classes=10))
     assert count_params(model) == trunk + 512 * 32 + 64 + 32 * 512 * 10
 
 
@@ -184,7 +184,7 @@ def test_cal_model_exposes_classifier_contract():
 
 
 def test_apply_cal_removes_backbone_classifier():
-    model = apply_cal(TinyNet(num_classes=10), 3, CALConfig(num_maps=2))
+    model = apply_cal(TinyNet(num_classes=10), CALConfig(num_maps=2), num_classes=3)
     assert isinstance(model.backbone.fc, nn.Identity)
 
 
@@ -201,7 +201,7 @@ def test_token_backbone_is_rejected_with_clear_error():
             return super().forward_features(x).flatten(2).transpose(1, 2)
 
     with pytest.raises(TypeError, match="B x C x h x w"):
-        apply_cal(Tokens(), 3, CALConfig(num_maps=2))(torch.randn(1, 3, 32, 32))
+        apply_cal(Tokens(), CALConfig(num_maps=2), num_classes=3)(torch.randn(1, 3, 32, 32))
 
 
 # ----------------------------------------------------------------------------- crop

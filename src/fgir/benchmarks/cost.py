@@ -1,26 +1,45 @@
-"""`fgir cost`: parameters and MACs of a registry model (optionally wrapped by a task plug-in)."""
+"""`fgir cost`: parameters (total, trainable) and MACs of a registry model with its plug-ins, and
+optionally its measured throughput on a device."""
 
 from __future__ import annotations
 
-from ..config import Config
+from typing import Any
+
+from ..config import Config, from_dict
 from ..engine.build import build_model
 from .flops import count_macs, count_params
 
 
-def model_cost(name: str, img_size: int, num_classes: int = 200, task: str = "classification",
-               attention: bool = True, **model_kwargs) -> dict:
-    cfg = Config()
-    cfg.model.name = name
-    cfg.model.kwargs = dict(model_kwargs)
-    cfg.task.name = task
-    if name.startswith("vitfs") or "vit" in name or "deit" in name:
-        cfg.model.kwargs.setdefault("img_size", img_size)
-    try:
-        model = build_model(cfg, num_classes)
-    except TypeError:
-        cfg.model.kwargs.pop("img_size", None)
-        model = build_model(cfg, num_classes)
+def cost_config(name: str, img_size: int, plugins: list | None = None, trainable: list | None = None,
+                **model_kwargs: Any) -> Config:
+    """The config ``fgir cost`` builds: ``name`` at ``img_size`` with ``plugins`` / ``trainable``."""
+    model: dict[str, Any] = {"name": name, "kwargs": dict(model_kwargs)}
+    if plugins:
+        model["plugins"] = list(plugins)
+    if trainable:
+        model["trainable"] = list(trainable)
+    cfg = from_dict(Config, {"model": model, "data": {"img_size": img_size}})
+    for i, p in enumerate(cfg.model.plugins):
+        p.validate(cfg, f"--plugins[{i}]")
+    return cfg
+
+
+def model_cost(name: str, img_size: int, num_classes: int = 200, plugins: list | None = None,
+               attention: bool = True, trainable: list | None = None, throughput: bool = False,
+               device: str = "cpu", batch_size: int = 32, **model_kwargs: Any) -> dict:
+    """Params and MACs (batch-1, eval mode) of ``name`` with ``plugins``; with ``throughput`` also the
+    measured batch throughput and latency on ``device`` (:func:`fgir.benchmarks.speed.measure_throughput`)."""
+    cfg = cost_config(name, img_size, plugins, trainable, **model_kwargs)
+    model = build_model(cfg, num_classes)
     macs = count_macs(model, img_size, attention=attention)
-    return {"model": name, "task": task, "img_size": img_size, "num_classes": num_classes,
-            "params": count_params(model), "params_trainable": count_params(model, trainable_only=True),
-            "macs": macs, "gmacs": round(macs / 1e9, 4), "attention_counted": attention}
+    row = {"model": name, "plugins": [p.name for p in cfg.model.plugins], "img_size": img_size,
+           "num_classes": num_classes, "params": count_params(model),
+           "params_trainable": count_params(model, trainable_only=True), "macs": macs,
+           "gmacs": round(macs / 1e9, 4), "attention_counted": attention}
+    if throughput:
+        from .speed import measure_throughput
+
+        speed = measure_throughput(model, img_size, batch_size=batch_size, device=device)
+        row.update({k: speed[k] for k in ("img_per_s", "latency_ms_median", "peak_mem_allocated_mib")},
+                   device=str(device), batch_size=batch_size)
+    return row

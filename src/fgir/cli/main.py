@@ -40,7 +40,8 @@ def cmd_demo(a) -> int:
 def cmd_eval(a) -> int:
     from ..engine.evaluate_cli import evaluate_checkpoint
 
-    res = evaluate_checkpoint(a.checkpoint, split=a.split, root=a.root, out=a.out, tta=a.tta)
+    res = evaluate_checkpoint(a.checkpoint, split=a.split, root=a.root, out=a.out,
+                              inference="tta" if a.tta else a.inference, device=a.device)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -48,7 +49,7 @@ def cmd_eval(a) -> int:
 def cmd_predict(a) -> int:
     from ..serve.predict import Predictor, list_images, write_predictions
 
-    pred = Predictor.from_checkpoint(a.checkpoint)
+    pred = Predictor.from_checkpoint(a.checkpoint, device=a.device, inference=a.inference)
     files = [f for src in a.images for f in list_images(src)]
     rows = pred.predict(files, topk=a.topk)
     for r in rows:
@@ -59,14 +60,36 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def _plugin_list(text: str) -> list:
+    """``--plugins``: YAML (``[{name: cal, num_maps: 16}]``) or comma-separated names (``cal``)."""
+    import yaml
+
+    if not text:
+        return []
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--plugins {text!r} is not YAML or a comma-separated list of names: {e}") from e
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    return value if isinstance(value, list) else [value]
+
+
 def cmd_cost(a) -> int:
     from ..benchmarks.cost import model_cost
+    from ..engine.distributed import pick_device
 
-    rows = [model_cost(m, s, a.num_classes, task=a.task, attention=not a.no_attention)
+    device = str(pick_device(a.device)) if a.throughput else "cpu"
+    rows = [model_cost(m, s, a.num_classes, plugins=_plugin_list(a.plugins), attention=not a.no_attention,
+                       trainable=a.trainable or None, throughput=a.throughput, device=device,
+                       batch_size=a.batch_size)
             for m in a.models for s in a.img_size]
     for r in rows:
-        print(f"{r['model']:<40} {r['img_size']:>5}px  params {r['params']:>13,}  trainable "
-              f"{r['params_trainable']:>13,}  {r['gmacs']:>9.4f} GMACs")
+        speed = (f"  {r['img_per_s']:>9.1f} img/s @ b{r['batch_size']} on {r['device']}"
+                 if "img_per_s" in r else "")
+        plug = f"+{'+'.join(r['plugins'])}" if r["plugins"] else ""
+        print(f"{r['model'] + plug:<40} {r['img_size']:>5}px  params {r['params']:>13,}  trainable "
+              f"{r['params_trainable']:>13,}  {r['gmacs']:>9.4f} GMACs{speed}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -80,8 +103,18 @@ def cmd_data(a) -> int:
     return 0
 
 
+def cmd_import(a) -> int:
+    from ..engine.import_tgda import import_tgda
+
+    res = import_tgda(a.pth, a.out, model_name=a.model, img_size=a.img_size, dataset=a.dataset, root=a.root,
+                      class_names=a.class_names)
+    print(json.dumps(res, indent=2))
+    print(f"Evaluate or predict with: fgir predict {res['checkpoint']} IMAGES")
+    return 0
+
+
 def cmd_list(a) -> int:
-    from ..registry import DATASETS, TASKS
+    from ..registry import DATASETS, PLUGINS, TASKS
 
     if a.what == "models":
         from ..models.factory import model_names
@@ -99,30 +132,20 @@ def cmd_list(a) -> int:
             counts = " ".join(f"{k}={v}" for k, v in s.counts.items())
             print(f"{n:<14} K={s.num_classes:<6} {counts}  {s.description}")
     else:
-        from ..engine import classification, distill  # noqa: F401
-
-        print("\n".join(TASKS.names()))
+        reg = TASKS if a.what == "tasks" else PLUGINS
+        for n in reg.names():
+            doc = (reg.meta(n)["config"].__doc__ or "").strip().split("\n")[0]
+            print(f"{n:<16} {doc}")
     return 0
 
 
 def cmd_config(a) -> int:
-    import dataclasses
-    import typing
-
     import yaml
 
-    from ..config import Config, field_docs, to_dict
+    from ..config import explain, to_dict
 
     if a.explain:
-        def walk(cls, prefix=""):
-            docs, hints = field_docs(cls), typing.get_type_hints(cls)
-            for f in dataclasses.fields(cls):
-                if dataclasses.is_dataclass(hints[f.name]):
-                    walk(hints[f.name], f"{prefix}{f.name}.")
-                    continue
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                print(f"{prefix}{f.name} = {default!r}" + (f"\n    {docs[f.name]}" if f.name in docs else ""))
-        walk(Config)
+        print("\n".join(explain()))
         return 0
     cfg = load_config(a.config or [], a.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -153,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test")
     s.add_argument("--root", default="", help="dataset root (default: the one recorded in the checkpoint)")
     s.add_argument("--out", default="", help="output folder (default: <run>/eval_<split>)")
-    s.add_argument("--tta", action="store_true", help="test-time augmentation when the model has one (CAL)")
+    s.add_argument("--inference", default="", help="inference variant: default, or one a plug-in adds (cal: tta); "
+                   "empty = the run's model.inference")
+    s.add_argument("--tta", action="store_true", help="shorthand for --inference tta (CAL's 8-view inference)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("predict", help="top-k predictions for images or folders")
@@ -161,13 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="image files or folders")
     s.add_argument("--topk", type=int, default=5)
     s.add_argument("--out", default="", help="write predictions to .csv or .json")
+    s.add_argument("--inference", default="", help="inference variant (default, or e.g. tta for CAL)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("cost", help="parameters (total/trainable) and GMACs (torchprofile conventions)")
     s.add_argument("models", nargs="+")
     s.add_argument("--img-size", type=int, nargs="+", default=[224])
     s.add_argument("--num-classes", type=int, default=200)
-    s.add_argument("--task", default="classification", help="classification or cal (wrap in the CAL head)")
+    s.add_argument("--plugins", default="", help="plug-ins to apply, as YAML ('[{name: cal, num_maps: 16}]') "
+                   "or comma-separated names ('cal')")
+    s.add_argument("--trainable", nargs="*", default=[], help="model.trainable entries (presets or patterns) "
+                   "for the trainable count")
+    s.add_argument("--throughput", action="store_true", help="also measure batch throughput and latency")
+    s.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput measurement")
+    s.add_argument("--device", default="auto", help="device of the throughput measurement (auto, cpu, cuda)")
     s.add_argument("--no-attention", action="store_true", help="omit QK^T/AV matmuls (old-torchprofile cells)")
     s.add_argument("--json", default="", help="also write the rows to this JSON file")
     s.set_defaults(fn=cmd_cost)
@@ -181,8 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-check-counts", action="store_true", help="accept counts that differ from the spec")
     d.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("list", help="list models, datasets or tasks")
-    s.add_argument("what", choices=["models", "datasets", "tasks"])
+    s = sub.add_parser("import", help="convert published checkpoints into fgir checkpoints")
+    isub = s.add_subparsers(dest="import_cmd", required=True)
+    i = isub.add_parser("tgda", help="a TGDA authors' student .pth -> fgir .safetensors (no pickled code runs)")
+    i.add_argument("pth", help="the published .pth file")
+    i.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
+    i.add_argument("--model", default="", help="our model name (default: the name recorded in the file)")
+    i.add_argument("--img-size", type=int, default=0, help="student input size (default: recorded in the file)")
+    i.add_argument("--dataset", default="", help="catalog dataset whose class table names the classes")
+    i.add_argument("--root", default="", help="that dataset's root (default: $FGIR_DATA)")
+    i.add_argument("--class-names", default="", help="class names file (one per line, or classid_classname.csv)")
+    i.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("list", help="list models, datasets, tasks or plug-ins")
+    s.add_argument("what", choices=["models", "datasets", "tasks", "plugins"])
     s.add_argument("--all", action="store_true", help="models: include every timm architecture")
     s.add_argument("--filter", default="", help="models: substring filter")
     s.set_defaults(fn=cmd_list)
@@ -199,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"fgir: error: {msg}", file=sys.stderr)
         return 2

@@ -2,8 +2,9 @@
 
 Images are stored square-resized to ``int(resize_ratio * S)`` (the reference engine's "square
 resize to int(1.34 S)"); training takes a random S crop (or a RandomResizedCrop), flips,
-applies TrivialAugment / RandAugment (torchvision v2, on groups of images so the cost stays
-a few percent of a training step), normalises, and optionally random-erases (timm).
+applies TrivialAugment / RandAugment (torchvision v2's ops, one draw per image by default;
+``aug_group`` > 1 shares a draw between neighbours for speed), normalises, and optionally
+random-erases (timm).
 Evaluation takes the centre S crop. Everything runs on whole batches.
 """
 
@@ -64,9 +65,86 @@ def parse_auto_augment(name: str):
                      "'rand-m9-n2' (RandAugment magnitude 9, 2 ops) or 'augmix'.")
 
 
+class GroupedAutoAugment:
+    """RandAugment / TrivialAugmentWide on a uint8 batch with one draw per group of images.
+
+    The op table, magnitudes and kernels are torchvision v2's own (its ``_AUGMENTATION_SPACE`` and
+    ``_apply_image_or_video_transform``, private but unchanged since v2 appeared; the tests compare
+    against them); only the sampling differs: every draw comes from ``gen``, is coded as one
+    integer (op, magnitude bin, sign), and all images holding the same draw go through the kernel
+    in one call. One draw per image therefore costs one kernel call per *distinct* draw, not one
+    transform call per image.
+    """
+
+    def __init__(self, aa: v2.RandAugment | v2.TrivialAugmentWide):
+        self.aa = aa
+        self.names = list(aa._AUGMENTATION_SPACE)
+        self.num_bins = aa.num_magnitude_bins
+        rand = isinstance(aa, v2.RandAugment)
+        self.layers = aa.num_ops if rand else 1
+        self.fixed_bin = aa.magnitude if rand else None
+        self._tables: dict[tuple[int, int], list] = {}
+
+    def magnitudes(self, h: int, w: int) -> list:
+        """Per op: its magnitude of each bin (list of floats), or None for ops without one."""
+        if (h, w) not in self._tables:
+            self._tables[(h, w)] = [None if (m := fn(self.num_bins, h, w)) is None else [float(v) for v in m]
+                                    for fn, _ in self.aa._AUGMENTATION_SPACE.values()]
+        return self._tables[(h, w)]
+
+    def sample(self, b: int, h: int, w: int, group: int = 1, gen: torch.Generator | None = None) -> torch.Tensor:
+        """(layers, b) draw codes; consecutive runs of ``group`` images share one."""
+        n = -(-b // group)
+        table = self.magnitudes(h, w)
+        has_mag = torch.tensor([m is not None for m in table])
+        signed = torch.tensor([s for _, s in self.aa._AUGMENTATION_SPACE.values()]) & has_mag
+        op = torch.randint(len(self.names), (self.layers, n), generator=gen)
+        if self.fixed_bin is None:
+            bins = torch.randint(self.num_bins, (self.layers, n), generator=gen)
+        else:
+            bins = torch.full((self.layers, n), self.fixed_bin)
+        neg = torch.rand(self.layers, n, generator=gen) < 0.5
+        codes = (op * self.num_bins + torch.where(has_mag[op], bins, 0)) * 2 + (neg & signed[op]).long()
+        return codes.repeat_interleave(group, dim=1)[:, :b] if group > 1 else codes
+
+    def decode(self, code: int, h: int, w: int) -> tuple[str, float]:
+        """A draw code -> (torchvision op name, signed magnitude)."""
+        op, rest = divmod(code, 2 * self.num_bins)
+        mags = self.magnitudes(h, w)[op]
+        mag = 0.0 if mags is None else mags[rest // 2] * (-1.0 if rest % 2 else 1.0)
+        return self.names[op], mag
+
+    def apply(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Apply the drawn ops layer by layer, one kernel call per distinct draw; ``x`` is not modified."""
+        b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        owned = False
+        for layer in codes:
+            order = torch.argsort(layer, stable=True)
+            uniq, counts = torch.unique_consecutive(layer[order], return_counts=True)
+            for code, idx in zip(uniq.tolist(), order.split(counts.tolist())):
+                name, mag = self.decode(code, h, w)
+                if name == "Identity":
+                    continue
+                if len(idx) == b:
+                    x, owned = self._op(x, name, mag), True
+                    continue
+                if not owned:
+                    x, owned = x.clone(), True
+                x[idx] = self._op(x[idx], name, mag)
+        return x
+
+    def _op(self, x: torch.Tensor, name: str, mag: float) -> torch.Tensor:
+        return self.aa._apply_image_or_video_transform(x, name, mag, interpolation=self.aa.interpolation,
+                                                        fill=self.aa._fill)
+
+
 @dataclass
 class BatchTransform:
-    """Turns a uint8 batch (B,3,H,W) at the stored size into a normalised float batch (B,3,S,S)."""
+    """Turns a uint8 batch (B,3,H,W) at the stored size into a normalised float batch (B,3,S,S).
+
+    ``aug_group`` images share one RandAugment / TrivialAugment / AugMix draw (1 = per image).
+    All randomness but AugMix's and random erasing's comes from the ``gen`` passed per call.
+    """
 
     img_size: int
     mean: tuple = IMAGENET_MEAN
@@ -75,11 +153,15 @@ class BatchTransform:
     crop: str = "random"
     hflip: bool = True
     auto_augment: str = ""
-    aug_group: int = 4
+    aug_group: int = 1
     random_erasing: float = 0.0
 
     def __post_init__(self):
+        if self.aug_group < 1:
+            raise ValueError(f"data.aug_group must be >= 1, got {self.aug_group}.")
         self._aa = parse_auto_augment(self.auto_augment) if self.train else None
+        self._grouped = (GroupedAutoAugment(self._aa)
+                         if isinstance(self._aa, (v2.RandAugment, v2.TrivialAugmentWide)) else None)
         self._re = None
         if self.train and self.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
@@ -103,8 +185,10 @@ class BatchTransform:
         if self.hflip:
             flip = torch.rand(b, generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        if self._aa is not None:
-            g = max(1, self.aug_group)
+        if self._grouped is not None:
+            x = self._grouped.apply(x, self._grouped.sample(b, *x.shape[-2:], group=self.aug_group, gen=gen))
+        elif self._aa is not None:
+            g = self.aug_group
             x = torch.cat([self._aa(x[i:i + g]) for i in range(0, b, g)])
         out = normalize(x, self.mean, self.std)
         if self._re is not None:

@@ -1,35 +1,115 @@
-"""Build the deployable model and the Task for a config."""
+"""Build the deployable model and the Task for a config.
+
+``build_model``: the registry model (timm ViTs get ``img_size`` from ``model.img_size`` or
+``data.img_size``), the ``model.checkpoint`` initialisation, the ``model.plugins`` in order, then
+``model.trainable``. ``build_task``: the registered Task for ``task.name``. Neither names a method.
+"""
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.factory import create_model
 from ..registry import TASKS
+from .task import IOSpec, Task
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The deployable model for ``cfg``: a registry model, wrapped by the task's plug-in if any."""
+def normalization(cfg: Config, model: nn.Module) -> tuple[tuple, tuple]:
+    """``data.mean``/``data.std`` when set, else the model's ``pretrained_cfg`` (ImageNet by default)."""
+    if cfg.data.mean and cfg.data.std:
+        return tuple(cfg.data.mean), tuple(cfg.data.std)
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(pc.get("mean", IMAGENET_MEAN)), tuple(pc.get("std", IMAGENET_STD))
+
+
+def _fixed_input_size(name: str) -> bool:
+    """Whether timm builds ``name`` for one input size (ViTs: position table, patch grid)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        pc = get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, KeyError):
+        return False
+    return bool(getattr(pc, "fixed_input_size", False)) if pc is not None else False
+
+
+def create_backbone(cfg: Config, num_classes: int) -> nn.Module:
+    """The registry model of ``cfg.model`` with a ``num_classes``-way head (no plug-ins)."""
     m = cfg.model
     kwargs = dict(m.kwargs)
     if m.drop_rate:
         kwargs["drop_rate"] = m.drop_rate
     if m.drop_path_rate:
         kwargs["drop_path_rate"] = m.drop_path_rate
-    if cfg.task.name == "cal":
-        from ..models.plugins.cal import apply_cal
+    size_optional = False
+    if "img_size" not in kwargs:
+        if _fixed_input_size(m.name):
+            kwargs["img_size"] = m.img_size or cfg.data.img_size
+        elif m.img_size:  # a size-agnostic model takes it as its default size when its builder accepts it
+            kwargs["img_size"], size_optional = m.img_size, True
+    attempts = [kwargs] + ([{k: v for k, v in kwargs.items() if k != "img_size"}] if size_optional else [])
+    for i, kw in enumerate(attempts):
+        try:
+            return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, **kw)
+        except TypeError as e:
+            if i + 1 < len(attempts) and "img_size" in str(e):
+                continue
+            raise ConfigError(f"model '{m.name}' does not accept the builder arguments {sorted(kw)} "
+                              f"(model.kwargs / model.img_size / drop rates): {e}") from e
+    raise AssertionError("unreachable")
 
-        backbone = create_model(m.name, num_classes=0, pretrained=m.pretrained, **kwargs)
-        return apply_cal(backbone, num_classes, cfg.task.cal)
-    return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, **kwargs)
+
+def _checkpoint_plugins(path: str) -> list[str] | None:
+    """Plug-in names recorded in an fgir checkpoint (None for a plain state-dict file)."""
+    from pathlib import Path
+
+    from .checkpoint import read_meta, resolve_checkpoint
+
+    p = Path(path)
+    if not (p.is_dir() or p.suffix == ".safetensors"):
+        return None
+    meta = read_meta(resolve_checkpoint(p))
+    return [e.get("name") for e in meta.get("config", {}).get("model", {}).get("plugins", [])]
 
 
-def build_task(cfg: Config, model: nn.Module, num_classes: int, **kwargs):
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The deployable model for ``cfg``: backbone, ``model.checkpoint``, ``model.plugins``, ``model.trainable``.
+
+    ``model.checkpoint`` goes into the backbone before the plug-ins, unless it is an fgir checkpoint
+    trained with the same plug-in list (then into the finished model): a plain ViT run can start an
+    adapter run, and a CAL run can continue as a CAL run.
+    """
+    from ..models.plugins import apply_plugins, get_inference
+    from ..models.trainable import apply_trainable
+    from .checkpoint import init_from_checkpoint
+
+    m = cfg.model
+    model = create_backbone(cfg, num_classes)
+    names = [p.name for p in m.plugins]
+    after = bool(m.checkpoint) and names and _checkpoint_plugins(m.checkpoint) == names
+    if m.checkpoint and not after:
+        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict)
+    try:
+        model = apply_plugins(model, m.plugins)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.plugins on '{m.name}': {e}") from e
+    if after:
+        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict)
+    apply_trainable(model, m.trainable)
+    try:
+        get_inference(model, m.inference)
+    except ValueError as e:
+        raise ConfigError(f"model.inference={m.inference!r}: {e}") from e
+    return model
+
+
+def build_task(cfg: Config, model: nn.Module, num_classes: int, **kwargs) -> Task:
     """The Task for ``cfg.task.name``; builders take ``(cfg, model, num_classes, **kwargs)``
     (``class_names`` lets distillation check the teacher's class table)."""
-    from . import classification  # noqa: F401  (registers the plain task)
-
-    if cfg.task.name not in TASKS:
-        from . import distill  # noqa: F401  (registers cal and tgda)
-    return TASKS.get(cfg.task.name)(cfg, model, num_classes, **kwargs)
+    task = TASKS.get(cfg.task.name)(cfg, model, num_classes, **kwargs)
+    if task.io is None:
+        task.io = IOSpec(cfg.data.img_size, *normalization(cfg, model))
+    task.inference = cfg.model.inference
+    return task

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ from safetensors.torch import save_file
 
 from ..config import Config, config_from_dict, to_dict
 
-SCHEMA = 1
+SCHEMA = 2
+"""Checkpoint metadata schema. 2: plug-ins in ``model.plugins``, task fields flat under ``task``;
+schema-1 configs (``task.cal`` / ``task.tgda`` sections) are migrated on read."""
+
+_REQUIRED_META = {"config": dict, "num_classes": int, "class_names": list, "mean": list, "std": list,
+                  "img_size": int}
 
 
 class CheckpointError(ValueError):
@@ -76,13 +82,27 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()),
+    """torch CPU, CUDA (one state per device; empty unless CUDA is in use), numpy and python RNG states."""
+    # Only an initialised CUDA has states worth saving; asking would otherwise create a context.
+    cuda = list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": list(np.random.get_state()),
             "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
             "python_gauss": random.getstate()[2]}
 
 
 def set_rng_state(st: dict) -> None:
+    """Restore ``rng_state()``; CUDA states are restored when this process has as many devices
+    as the saving one (a state saved without CUDA, or from older checkpoints, leaves CUDA alone)."""
     torch.set_rng_state(st["torch"])
+    cuda = st.get("cuda") or []
+    if cuda:
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have == len(cuda):
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            warnings.warn(f"The training state holds CUDA RNG states for {len(cuda)} device(s) but this process "
+                          f"has {have}; CUDA random streams are not restored, so the resumed run is not "
+                          "bit-identical to an uninterrupted one.", stacklevel=2)
     np_state = st["numpy"]
     np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
     random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
@@ -134,7 +154,40 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{p} is not a readable safetensors file: {e}") from e
     if "fgir" not in meta:
         raise CheckpointError(f"{p} has no fgir metadata (not written by fgir).")
-    return json.loads(meta["fgir"])
+    try:
+        data = json.loads(meta["fgir"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p}: the fgir metadata is not valid JSON ({e}).") from e
+    return check_meta(data, str(p))
+
+
+def check_meta(meta: Any, where: str) -> dict:
+    """Validate checkpoint metadata against the schema (and migrate schema-1 configs)."""
+    from ..config import migrate_legacy
+
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: the fgir metadata must be a JSON object, got {type(meta).__name__}.")
+    schema = meta.get("schema")
+    if not isinstance(schema, int) or schema < 1:
+        raise CheckpointError(f"{where}: metadata has no valid 'schema' number (got {schema!r}).")
+    if schema > SCHEMA:
+        raise CheckpointError(f"{where} was written by a newer fgir (schema {schema}; this fgir reads up to "
+                              f"{SCHEMA}). Upgrade fgir to read it.")
+    for key, tp in _REQUIRED_META.items():
+        if not isinstance(meta.get(key), tp) or isinstance(meta.get(key), bool):
+            raise CheckpointError(f"{where}: metadata key '{key}' must be a {tp.__name__}, got "
+                                  f"{type(meta.get(key)).__name__}.")
+    if meta["num_classes"] <= 0 or len(meta["class_names"]) != meta["num_classes"]:
+        raise CheckpointError(f"{where}: metadata has num_classes={meta['num_classes']} but "
+                              f"{len(meta['class_names'])} class names.")
+    for key in ("mean", "std"):
+        if len(meta[key]) != 3 or not all(isinstance(v, (int, float)) for v in meta[key]):
+            raise CheckpointError(f"{where}: metadata '{key}' must be 3 numbers, got {meta[key]!r}.")
+    if meta["img_size"] <= 0:
+        raise CheckpointError(f"{where}: metadata img_size must be > 0, got {meta['img_size']}.")
+    if schema < SCHEMA:
+        meta = {**meta, "config": migrate_legacy(meta["config"]), "schema": SCHEMA}
+    return meta
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -144,11 +197,15 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def build_from_meta(meta: dict) -> tuple[nn.Module, Config]:
+    """Rebuild the deployable model of a checkpoint (no pretrained download, no initialisation)."""
     from .build import build_model
 
     cfg = config_from_dict(meta["config"])
     cfg.model.pretrained = False
     cfg.model.checkpoint = ""
+    img = int(meta.get("model_img_size") or meta["img_size"])
+    if not cfg.model.img_size and img != cfg.data.img_size:
+        cfg.model.img_size = img  # a student deployed at another size than its inputs (TGDA S_s)
     return build_model(cfg, meta["num_classes"]), cfg
 
 
@@ -177,9 +234,14 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str,
                               f"({len(missing)}), unexpected {list(unexpected)[:5]} ({len(unexpected)}).")
 
 
-def init_from_checkpoint(model: nn.Module, path: str, num_classes: int) -> None:
-    """``model.checkpoint=...``: take the backbone from an fgir checkpoint (or a plain state dict
-    file); the classifier is kept only when the class counts agree."""
+def init_from_checkpoint(model: nn.Module, path: str, num_classes: int, strict: bool = True) -> list[str]:
+    """``model.checkpoint=...``: take the weights from an fgir checkpoint (or a plain state dict
+    file); the classifier is re-initialised when its shape differs (another class count).
+
+    With ``strict`` every other tensor of the model must be in the checkpoint with the right
+    shape; ``strict=False`` loads what fits and prints what was skipped. Returns the names of the
+    model's tensors that were not loaded.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"model.checkpoint={path}: file not found.")
@@ -192,17 +254,44 @@ def init_from_checkpoint(model: nn.Module, path: str, num_classes: int) -> None:
             sd = sd["state_dict"]
         elif isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
             sd = sd["model"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"model.checkpoint={path}: expected a state dict of tensors.")
     own = model.state_dict()
-    drop = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    if drop:
-        print(f"model.checkpoint: re-initialising {len(drop)} tensor(s) whose shape differs (head for "
-              f"{num_classes} classes): {drop[:4]}")
-    sd = {k: v for k, v in sd.items() if k not in drop}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in drop]
-    if unexpected or len(missing) > len(drop) + 2:
-        raise CheckpointError(f"model.checkpoint={path} does not match '{type(model).__name__}': missing "
-                              f"{missing[:5]} ({len(missing)}), unexpected {list(unexpected)[:5]} ({len(unexpected)}).")
+    head = _head_keys(model)
+    shape_diff = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    bad_shape = [k for k in shape_diff if k not in head]
+    missing = [k for k in own if k not in sd and k not in head and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    problems = []
+    if bad_shape:
+        problems.append(f"{len(bad_shape)} tensor(s) of another shape, e.g. "
+                        + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad_shape[:3]))
+    if missing:
+        problems.append(f"{len(missing)} missing, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}")
+    if problems and strict:
+        raise CheckpointError(f"model.checkpoint={path} does not fit '{type(model).__name__}': "
+                              f"{'; '.join(problems)}. Is it another architecture? Set "
+                              "model.checkpoint_strict=false to load only what fits.")
+    if problems:
+        print(f"model.checkpoint: loading what fits; skipped {'; '.join(problems)}.")
+    head_diff = [k for k in shape_diff if k in head]
+    if head_diff:
+        print(f"model.checkpoint: re-initialising the classifier for {num_classes} classes ({head_diff}).")
+    sd = {k: v for k, v in sd.items() if k in own and k not in shape_diff}
+    model.load_state_dict(sd, strict=False)
+    return sorted(set(own) - set(sd))
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier (``get_classifier()``)."""
+    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(clf, nn.Module):
+        return set()
+    ids = {id(t) for t in list(clf.parameters()) + list(clf.buffers())}
+    named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {k for k, t in named.items() if id(t) in ids}
 
 
 # ----------------------------------------------------------------------------- training state
@@ -231,7 +320,13 @@ def prune_states(run_dir: Path, keep: str) -> None:
 
 
 def checkpoint_meta(cfg: Config, num_classes: int, class_names: list[str], epoch: int, step: int,
-                    mean, std, metrics: dict | None = None, state_file: str = "") -> dict:
-    return {"config": to_dict(cfg), "num_classes": num_classes, "class_names": class_names, "epoch": epoch,
-            "step": step, "mean": list(mean), "std": list(std), "img_size": cfg.data.img_size,
-            "metrics": metrics or {}, "state_file": state_file}
+                    mean, std, metrics: dict | None = None, state_file: str = "", img_size: int = 0,
+                    model_img_size: int = 0, census: dict | None = None) -> dict:
+    """Metadata of a deployable checkpoint: ``img_size`` is the size inputs are prepared at
+    (``data.img_size``), ``model_img_size`` the size the model sees (resized to it), ``mean``/``std``
+    the model's normalisation."""
+    size = img_size or cfg.data.img_size
+    return {"config": to_dict(cfg), "num_classes": num_classes, "class_names": list(class_names), "epoch": epoch,
+            "step": step, "mean": [float(v) for v in mean], "std": [float(v) for v in std], "img_size": size,
+            "model_img_size": model_img_size or size, "metrics": metrics or {}, "state_file": state_file,
+            "census": census or {}}

@@ -6,13 +6,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
+from ..config import TaskConfig
 from ..registry import TASKS
-from .task import Task
+from .task import IOSpec, Task
+
+
+@dataclass
+class ClassificationConfig(TaskConfig):
+    """Plain classification: cross-entropy with label smoothing (soft-target CE after mixup/cutmix)."""
 
 
 class ClassificationTask(Task):
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
-        super().__init__()
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0, io: IOSpec | None = None,
+                 inference: str = "default"):
+        super().__init__(io, inference)
         self.model = model
         self.label_smoothing = label_smoothing
 
@@ -28,6 +37,6 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smooth
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
-@TASKS.register("classification")
+@TASKS.register("classification", config=ClassificationConfig)
 def build_classification(cfg, model: nn.Module, num_classes: int, **_) -> ClassificationTask:
     return ClassificationTask(model, cfg.optim.label_smoothing)

@@ -26,9 +26,17 @@ class DistInfo:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
+    """``auto`` (or empty) = CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given.
+    ValueError for a malformed name or CUDA asked for on a machine without it."""
+    if name in ("", "auto"):
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r} is not a device name (expected auto, cpu, cuda or cuda:N).") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use cpu (or auto).")
+    return dev
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -4,30 +4,101 @@ The train loop never knows which method runs. A Task owns the deployable ``model
 that is checkpointed, evaluated, exported) plus whatever else the method needs (a frozen
 teacher, a loss). Batches are dicts: ``image`` (B,3,S,S float, normalised), ``target`` (B long,
 or B x K soft targets after mixup/cutmix), ``label`` (B long, always hard) and ``index``.
+
+The contract the loop, checkpoints, evaluation and predict rely on (no attribute probing):
+
+* :meth:`Task.input_spec` — the size and normalisation batches must arrive in;
+* :meth:`Task.deploy_spec` — what is deployed: the model, its own input size and mean/std;
+* :meth:`Task.predict` — logits of the deployed model (or a stand-in such as its EMA copy) for
+  batches in the input format, through the configured inference variant
+  (:func:`fgir.models.plugins.get_inference`);
+* extra ``loss_*`` entries of :meth:`forward`'s output are averaged per epoch and logged.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-class Task(nn.Module):
-    """Base class. Subclasses set ``self.model`` and implement ``forward``."""
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Input size and normalisation of a model or of a task's batches."""
+
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """What a Task deploys: the model and the input it expects (size, mean, std)."""
 
     model: nn.Module
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def model_io(model: nn.Module, img_size: int = 0) -> IOSpec:
+    """The IOSpec a model's ``pretrained_cfg`` states (ImageNet stats when it states none)."""
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    size = img_size or int((pc.get("input_size") or (3, 224, 224))[-1])
+    return IOSpec(size, tuple(pc.get("mean", IMAGENET_MEAN)), tuple(pc.get("std", IMAGENET_STD)))
+
+
+class Task(nn.Module):
+    """Base class. Subclasses set ``self.model`` and implement ``forward``.
+
+    ``io`` (set by :func:`fgir.engine.build.build_task` from the config, or passed by callers) is
+    the batch format; the base class deploys ``self.model`` with that same format.
+    """
+
+    model: nn.Module
+
+    def __init__(self, io: IOSpec | None = None, inference: str = "default"):
+        super().__init__()
+        self.io = io
+        self.inference = inference
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of the deployable model for evaluation (no augmentation, no teacher)."""
-        return self.model(images)
+    # ------------------------------------------------------------------ contract
+    def input_spec(self) -> IOSpec:
+        """Size and normalisation the batches must be prepared with."""
+        return self.io or model_io(self.model)
+
+    def deploy_spec(self) -> DeploySpec:
+        """The deployed model and its input format (default: the batch format)."""
+        io = self.input_spec()
+        return DeploySpec(self.model, io.img_size, io.mean, io.std)
+
+    def to_deploy_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Batch-format images -> the deployed model's input format (identity by default)."""
+        return images
+
+    def predict(self, images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """Logits of the deployed model (or ``model``, e.g. its EMA copy) for batch-format images,
+        through the inference variant ``self.inference``."""
+        from ..models.plugins import get_inference
+
+        return get_inference(model if model is not None else self.model, self.inference)(
+            self.to_deploy_input(images))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def no_weight_decay(self) -> set[str]:
+        """The deployed model's no-weight-decay names in the Task's namespace (timm's optimizer
+        factory reads this; norms and biases are excluded by its 1-D rule)."""
+        fn = getattr(self.model, "no_weight_decay", None)
+        return {f"model.{n}" for n in (fn() if callable(fn) else ())}
 
     def on_train_start(self) -> None:
         """Called when the loop puts the task in train mode (frozen parts go back to eval)."""

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..data.datasets import ManifestDataset
 from ..data.loader import ArrayLoader, DecodeLoader
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, stored_size
+from ..data.transforms import BatchTransform, stored_size
+from ..models.trainable import format_census, parameter_census
 from . import checkpoint as ckpt
-from .build import build_model, build_task
+from .build import build_model, build_task, normalization  # noqa: F401  (normalization: public re-export)
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluate import run_inference, write_eval_outputs
 
@@ -39,25 +40,18 @@ def run_name(cfg: Config) -> str:
     return cfg.run.name or f"{cfg.data.name}_{cfg.model.name}_{cfg.task.name}_s{cfg.run.seed}"
 
 
-def normalization(cfg: Config, model: torch.nn.Module) -> tuple[tuple, tuple]:
-    if cfg.data.mean and cfg.data.std:
-        return tuple(cfg.data.mean), tuple(cfg.data.std)
-    pc = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(pc.get("mean", IMAGENET_MEAN)), tuple(pc.get("std", IMAGENET_STD))
-
-
 def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: DistInfo, img_size: int = 0):
     d = cfg.data
     s = img_size or d.img_size
     tf = BatchTransform(s, mean, std, train=train, crop=d.train_crop, hflip=d.hflip,
-                        auto_augment=d.auto_augment, random_erasing=d.random_erasing)
+                        auto_augment=d.auto_augment, aug_group=d.aug_group, random_erasing=d.random_erasing)
     kw = dict(batch_size=cfg.optim.batch_size if train else max(cfg.optim.batch_size, 64),
               stored=stored_size(s, d.resize_ratio), shuffle=train, drop_last=train, seed=cfg.run.seed,
               rank=info.rank, world=info.world,
               max_steps=cfg.run.max_steps_per_epoch if train else 0)
     if d.cache:
         return ArrayLoader(ds, tf, cache_dir=d.cache_dir, skip_bad=d.skip_bad, progress=cfg.run.progress, **kw)
-    return DecodeLoader(ds, tf, num_workers=d.num_workers, **kw)
+    return DecodeLoader(ds, tf, num_workers=d.num_workers, skip_bad=d.skip_bad, **kw)
 
 
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -81,6 +75,9 @@ def _autocast(cfg: Config, device: torch.device):
 
 
 class _Logger:
+    """metrics.jsonl + metrics.csv (+ TensorBoard). Every row has the same keys (values not measured
+    in an epoch, e.g. val_* with run.eval_every > 1, are null / empty), so CSV columns never shift."""
+
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
         self.enabled, self.run_dir = enabled, run_dir
         self.tb = None
@@ -106,7 +103,7 @@ class _Logger:
             w.writerow(row)
         if self.tb is not None:
             for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
+                if isinstance(v, (int, float)) and v is not None and k != "epoch":
                     self.tb.add_scalar(k, v, row["epoch"])
 
 
@@ -128,10 +125,24 @@ def _truncate_logs(run_dir: Path, epoch: int) -> None:
                 w.writerows(rows)
 
 
+def _check_selection_overlap(cfg: Config, train_ds: ManifestDataset, val_ds: ManifestDataset | None) -> None:
+    """best_val must select on images the model does not train on (any split names)."""
+    if cfg.run.selection != "best_val" or val_ds is None:
+        return
+    shared = {r.dir for r in train_ds.rows} & {r.dir for r in val_ds.rows}
+    if shared:
+        raise ValueError(f"run.selection=best_val: {len(shared)} images of data.val_split='{cfg.data.val_split}' "
+                         f"are also in data.train_split='{cfg.data.train_split}' (e.g. {sorted(shared)[0]}); "
+                         "selecting on training images picks the most over-fitted epoch. Use disjoint splits "
+                         "or run.selection=last.")
+
+
 def train(cfg: Config, resume: str = "") -> dict:
     """Train ``cfg`` end to end; returns the final metrics (and the run folder under 'run_dir')."""
     cfg.validate()
     info = init_distributed(cfg.run.device)
+    if cfg.optim.amp == "fp16" and info.device.type != "cuda":
+        raise ValueError("optim.amp=fp16 needs a CUDA device; use bf16 on CPU or none.")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
@@ -142,22 +153,30 @@ def train(cfg: Config, resume: str = "") -> dict:
         save_config(cfg, run_dir / "config.yaml")
     d = cfg.data
     train_ds = ManifestDataset(d.name, d.train_split, d.root, d.num_classes)
+    val_ds = ManifestDataset(d.name, d.val_split, d.root, d.num_classes) if d.val_split else None
+    _check_selection_overlap(cfg, train_ds, val_ds)
     num_classes, class_names = train_ds.num_classes, train_ds.class_names
     model = build_model(cfg, num_classes)
-    if cfg.model.checkpoint:
-        ckpt.init_from_checkpoint(model, cfg.model.checkpoint, num_classes)
     task = build_task(cfg, model, num_classes, class_names=class_names).to(info.device)
-    # Batches use the task's input normalisation when it has one (TGDA: the teacher's).
-    mean, std = (task.input_mean, task.input_std) if hasattr(task, "input_mean") else normalization(cfg, model)
+    io = task.input_spec()
     if cfg.run.channels_last:
         task = task.to(memory_format=torch.channels_last)
-    train_loader = make_loader(cfg, train_ds, True, mean, std, info)
-    val_loader = None
-    if d.val_split:
-        val_loader = make_loader(cfg, ManifestDataset(d.name, d.val_split, d.root, d.num_classes), False, mean, std,
-                                 info)
+    census = {"task": parameter_census(task), "model": parameter_census(task.model)}
+    if not census["task"]["trainable"]:
+        raise ValueError(f"Nothing to train: model.trainable={cfg.model.trainable} froze every parameter.")
+    if info.is_main:
+        (run_dir / "census.json").write_text(json.dumps(census, indent=2))
+        if cfg.run.progress:
+            print(format_census(census["model"], "deployed model parameters"))
+            extra = census["task"]["total"] - census["model"]["total"]
+            if extra:
+                print(f"task extras (e.g. a frozen teacher): {extra:,} parameters, "
+                      f"{census['task']['trainable'] - census['model']['trainable']:,} trainable")
+    train_loader = make_loader(cfg, train_ds, True, io.mean, io.std, info)
+    val_loader = make_loader(cfg, val_ds, False, io.mean, io.std, info) if val_ds is not None else None
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.accum_steps)
-    optimizer = create_optimizer_v2(task.model, opt=cfg.optim.opt, lr=cfg.optim.lr,
+    # every trainable parameter of the Task (timm skips frozen ones; norms/biases get no weight decay)
+    optimizer = create_optimizer_v2(task, opt=cfg.optim.opt, lr=cfg.optim.lr,
                                     weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if cfg.optim.amp == "fp16" else None
@@ -186,24 +205,25 @@ def train(cfg: Config, resume: str = "") -> dict:
             step = stats.pop("step")
             row = {"epoch": epoch, **stats}
             eval_model = ema.module if ema is not None else task.model
-            if val_loader is not None and (epoch % cfg.run.eval_every == 0 or epoch == cfg.optim.epochs):
-                acc = run_inference(eval_model, val_loader, num_classes, class_names, info.device,
-                                    progress=False, predict_fn=_predict_fn(task, ema))
-                last_val = acc.compute()
-                row.update({"val_top1": last_val["top1"], "val_loss": last_val["nll"]})
+            if val_loader is not None:
+                row.update({"val_top1": None, "val_loss": None})
+                if epoch % cfg.run.eval_every == 0 or epoch == cfg.optim.epochs:
+                    acc = run_inference(eval_model, val_loader, num_classes, class_names, info.device,
+                                        progress=False, predict_fn=_predict_fn(task, ema))
+                    last_val = acc.compute()
+                    row.update({"val_top1": last_val["top1"], "val_loss": last_val["nll"]})
             row["time_s"] = round(time.time() - t_start, 2)
             logger.log(row)
             if info.is_main:
-                _save(cfg, run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best,
-                      num_classes, class_names, mean, std, row)
-                if cfg.run.selection == "best_val" and last_val and last_val["top1"] > best:
+                meta = _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census)
+                _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta)
+                if cfg.run.selection == "best_val" and row.get("val_top1") is not None and last_val["top1"] > best:
                     best = last_val["top1"]
-                    ckpt.save_weights(eval_model, run_dir / "best.safetensors",
-                                      _deploy_meta(cfg, task, num_classes, class_names, epoch, step, mean, std,
-                                                   row))
+                    ckpt.save_weights(eval_model, run_dir / "best.safetensors", meta)
             barrier(info)
             if cfg.run.progress and info.is_main:
-                print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+                print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                                 if v is not None))
             if cfg.run.time_budget_s and time.time() - t_start > cfg.run.time_budget_s:
                 print(f"run.time_budget_s={cfg.run.time_budget_s} reached after epoch {epoch}.")
                 break
@@ -212,27 +232,28 @@ def train(cfg: Config, resume: str = "") -> dict:
             print(f"\nInterrupted in epoch {epoch}. The last complete checkpoint in {run_dir} is intact; "
                   f"continue with: fgir train --resume {run_dir}")
         raise
-    result = {"run_dir": str(run_dir), "epochs": epoch, "train_time_s": round(time.time() - t_start, 2)}
+    result = {"run_dir": str(run_dir), "epochs": epoch, "train_time_s": round(time.time() - t_start, 2),
+              "params": census["model"]["total"], "params_trainable": census["model"]["trainable"]}
     if d.test_split:
-        result.update(final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, task, ema))
+        result.update(final_evaluation(cfg, run_dir, info, io.mean, io.std, num_classes, class_names, task, ema))
     if info.is_main:
         (run_dir / "final.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def _predict_fn(task, ema):
-    """What evaluation calls on a batch: the task's predict, or the EMA copy behind the same input
-    conversion (TGDA resizes teacher-size batches to the student size)."""
+    """What evaluation calls on a batch: the task's predict (input conversion + inference variant),
+    on the EMA copy when EMA is on."""
     if ema is None:
         return task.predict
-    convert = getattr(task, "to_student", None)
-    return (lambda x: ema.module(convert(x))) if convert is not None else ema.module
+    return lambda x: task.predict(x, model=ema.module)
 
 
 def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, mixup, info, epoch, step):
     ddp.train()
     accum = cfg.optim.accum_steps
     n_img, loss_sum, correct = 0, 0.0, 0.0
+    parts: dict[str, float] = {}  # the task's loss components (loss_ce, loss_kd, loss_center, ...)
     t0 = time.time()
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.optim.epochs}", disable=not (cfg.run.progress and info.is_main),
                leave=False, dynamic_ncols=True)
@@ -271,36 +292,37 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
         b = batch["label"].shape[0]
         n_img += b
         loss_sum += loss.item() * b
+        for k, v in out.items():
+            if k.startswith("loss_") and isinstance(v, torch.Tensor) and v.numel() == 1:
+                parts[k] = parts.get(k, 0.0) + float(v.detach()) * b
         correct += (out["logits"].argmax(-1) == batch["label"]).sum().item()
         bar.set_postfix(loss=f"{loss_sum / n_img:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     dt = time.time() - t0
     return {"train_loss": loss_sum / max(n_img, 1), "train_top1": 100.0 * correct / max(n_img, 1),
+            **{f"train_{k}": v / max(n_img, 1) for k, v in sorted(parts.items())},
             "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(n_img * info.world / max(dt, 1e-9), 2),
             "step": step}
 
 
-def _save(cfg, run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, num_classes,
-          class_names, mean, std, row):
+def _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta):
     state = {"model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
              "ema": ema.module.state_dict() if ema is not None else None, "rng": ckpt.rng_state(),
              "epoch": epoch, "step": step, "best": best}
     state_path = ckpt.save_training_state(run_dir, epoch, state)
-    meta = _deploy_meta(cfg, task, num_classes, class_names, epoch, step, mean, std, row, state_path.name)
-    ckpt.save_weights(eval_model, run_dir / "last.safetensors", meta)
+    ckpt.save_weights(eval_model, run_dir / "last.safetensors", {**meta, "state_file": state_path.name})
     ckpt.prune_states(run_dir, state_path.name)
 
 
-def _deploy_meta(cfg, task, num_classes, class_names, epoch, step, mean, std, row, state_file=""):
-    """Checkpoint metadata of the deployable model. A distilled student records its own input
-    size and normalisation: inputs are prepared at data.img_size, then resized to model_img_size."""
-    model_size = cfg.data.img_size
-    if hasattr(task, "to_student"):
-        mean, std = task.student_mean.flatten().tolist(), task.student_std.flatten().tolist()
-        model_size = cfg.task.tgda.student_img_size or cfg.data.img_size
-    meta = ckpt.checkpoint_meta(cfg, num_classes, class_names, epoch, step, mean, std, row, state_file)
-    meta["model_img_size"] = model_size
-    return meta
+def _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census):
+    """Checkpoint metadata of what the Task deploys (``Task.deploy_spec``): inputs are prepared at
+    the batch size ``img_size`` (``Task.input_spec``), then resized to ``model_img_size`` and
+    normalised with the deployed model's mean/std."""
+    dep, io = task.deploy_spec(), task.input_spec()
+    return ckpt.checkpoint_meta(cfg, num_classes, class_names, epoch, step, dep.mean, dep.std, row,
+                                img_size=io.img_size, model_img_size=dep.img_size,
+                                census={"total": census["model"]["total"],
+                                        "trainable": census["model"]["trainable"]})
 
 
 def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, int, float]:

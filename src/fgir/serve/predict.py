@@ -30,10 +30,21 @@ def list_images(path: str | os.PathLike) -> list[Path]:
 
 
 class Predictor:
-    """``fgir.load(ckpt).predict(images)`` -> one dict per image with the top-k classes."""
+    """``fgir.load(ckpt).predict(images)`` -> one dict per image with the top-k classes.
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu"):
+    Args:
+        model: the deployed model (its checkpoint metadata in ``meta``).
+        device: where to run it.
+        inference: inference variant (``default``, or one a plug-in adds, e.g. CAL's ``tta``);
+            empty = the one the run was configured with (``model.inference``).
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu", inference: str = ""):
+        from ..models.plugins import get_inference
+
         self.model, self.meta, self.device = model.to(device).eval(), meta, device
+        self.inference = inference or meta["config"]["model"].get("inference", "default")
+        self._forward = get_inference(self.model, self.inference)
         self.class_names = meta["class_names"]
         self.img_size = int(meta["img_size"])
         ratio = meta["config"]["data"]["resize_ratio"]
@@ -42,9 +53,13 @@ class Predictor:
         self.model_img_size = int(meta.get("model_img_size") or self.img_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
-        model = load_model(path, device)
-        return cls(model, model.fgir_meta, device)
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "", inference: str = "") -> Predictor:
+        """``device``: empty = CUDA when present, else CPU."""
+        from ..engine.distributed import pick_device
+
+        dev = str(pick_device(device))
+        model = load_model(path, dev)
+        return cls(model, model.fgir_meta, dev, inference)
 
     def preprocess(self, images) -> torch.Tensor:
         arrs = []
@@ -59,7 +74,7 @@ class Predictor:
 
     @torch.no_grad()
     def logits(self, images) -> torch.Tensor:
-        return self.model(self.preprocess(images).to(self.device)).float().cpu()
+        return self._forward(self.preprocess(images).to(self.device)).float().cpu()
 
     def predict(self, images, topk: int = 5, batch_size: int = 32) -> list[dict]:
         if isinstance(images, (str, os.PathLike, Image.Image)):

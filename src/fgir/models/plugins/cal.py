@@ -13,7 +13,9 @@ Layout (house style):
   batched, no host syncs on the fast paths);
 * :class:`CALHead`: the module holding the attention conv, the classifier and the feature centres;
 * :class:`CALModel` + :func:`apply_cal`: wraps any backbone whose ``forward_features`` returns a
-  B x C x h x w map, and behaves like a classifier (``forward`` = raw logits ``p``).
+  B x C x h x w map, and behaves like a classifier (``forward`` = raw logits ``p``); registered
+  as plug-in ``cal`` (``model.plugins: [{name: cal, num_maps: 32}]``, config :class:`CALConfig`),
+  with the inference variant ``tta`` (the 8-view inference) and :func:`mark_only_cal_trainable`.
 
 Thresholds are relative to each map's maximum and drawn per sample from ``U(lo, hi)`` with a
 torch RNG (pass ``generator=`` for reproducibility; the global torch RNG otherwise).
@@ -23,16 +25,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...config import CALConfig
+from ...config import Config, ConfigError, PluginConfig, check_choice
+from .base import mark_only_plugin_trainable, register_inference, register_plugin
 
 __all__ = [
-    "CALHead", "CALModel", "CALOutput", "apply_cal", "attention_boxes", "attention_crop",
+    "CALConfig", "CALHead", "CALModel", "CALOutput", "apply_cal", "mark_only_cal_trainable",
+    "attention_boxes", "attention_crop",
     "attention_drop", "attention_mix", "bilinear_attention_pool", "cal_teacher_cost",
     "draw_thresholds", "sample_part_maps", "select_part_maps", "TTA_CROPS",
 ]
@@ -46,6 +51,32 @@ TTA_CROPS: tuple[tuple[float, float], ...] = ((0.3, 0.1), (0.2, 0.1), (0.1, 0.05
 """(threshold, padding) of the three mean-map crops of the 8-view inference (spec §3.3)."""
 
 Threshold = float | Sequence[float] | torch.Tensor
+
+
+@dataclass
+class CALConfig(PluginConfig):
+    """CAL / WS-DAN attention head on a CNN feature map (TGDA stage-1 teacher), arXiv 2507.12157 spec §3.1."""
+
+    name: str = "cal"
+    num_maps: int = 32
+    """Number M of part-attention maps."""
+    center_beta: float = 0.05
+    """Feature-centre update rate beta (centre loss)."""
+    logit_scale: float = 100.0
+    """Logits are W·(scale·f) with f the L2-normalised BAP feature."""
+    pam_sampling: str = "sample"
+    """Augmentation maps the head hands out: sample (drawn in proportion to sqrt(mass)) or mean (channel-mean map)."""
+    with_replacement: bool = True
+    """Draw the augmentation maps with replacement (reference: crop and drop may share a map)."""
+
+    def validate(self, cfg: Config, key: str) -> None:
+        if self.num_maps < 1:
+            raise ConfigError(f"{key}.num_maps must be >= 1, got {self.num_maps}.")
+        if not 0 <= self.center_beta <= 1:
+            raise ConfigError(f"{key}.center_beta must be in [0, 1], got {self.center_beta}.")
+        if self.logit_scale <= 0:
+            raise ConfigError(f"{key}.logit_scale must be > 0, got {self.logit_scale}.")
+        check_choice(f"{key}.pam_sampling", self.pam_sampling, ["sample", "mean"])
 
 
 # ============================================================================ functional core
@@ -554,9 +585,31 @@ class CALModel(nn.Module):
         return (one(x) + one(x.flip(-1))) / 2
 
 
-def apply_cal(backbone: nn.Module, num_classes: int, cfg: CALConfig | None = None) -> CALModel:
-    """Attach a CAL head to ``backbone`` (its classifier is removed); see :class:`CALModel`."""
-    return CALModel(backbone, num_classes, cfg)
+@register_plugin("cal", CALConfig)
+def apply_cal(backbone: nn.Module, cfg: CALConfig | None = None, *, num_classes: int | None = None) -> CALModel:
+    """Attach a CAL head to ``backbone`` (its classifier is removed); see :class:`CALModel`.
+
+    Args:
+        backbone: a CNN with the backbone contract (``forward_features`` -> B x C x h x w).
+        cfg: head settings (:class:`CALConfig`).
+        num_classes: K; default ``backbone.num_classes`` (the width ``build_model`` created it with).
+    """
+    if isinstance(backbone, CALModel):
+        raise ValueError("apply_cal: the model already has a CAL head (list the 'cal' plug-in once).")
+    k = num_classes if num_classes is not None else int(getattr(backbone, "num_classes", 0) or 0)
+    if k <= 0:
+        raise ValueError(f"apply_cal needs a class count: {type(backbone).__name__}.num_classes is {k}; "
+                         "pass num_classes=K.")
+    model = CALModel(backbone, k, cfg)
+    register_inference(model, "tta", "predict_tta")
+    return model
+
+
+def mark_only_cal_trainable(model: nn.Module) -> nn.Module:
+    """Freeze the backbone: only the CAL head (attention conv, BN, classifier) trains."""
+    if isinstance(model, CALModel) and not getattr(model, "fgir_plugin_params", None):
+        model.fgir_plugin_params = {"cal": list(model.head.parameters())}
+    return mark_only_plugin_trainable(model, "cal")
 
 
 def cal_teacher_cost(backbone: str = "resnet101", num_classes: int = 200, img_size: int = 448,
@@ -571,9 +624,9 @@ def cal_teacher_cost(backbone: str = "resnet101", num_classes: int = 200, img_si
 
     if not macs:
         with torch.device("meta"):
-            model = apply_cal(create_model(backbone, num_classes=0), num_classes, cfg)
+            model = apply_cal(create_model(backbone, num_classes=0), cfg, num_classes=num_classes)
         return {"model": f"cal_{backbone}", "params": count_params(model)}
-    model = apply_cal(create_model(backbone, num_classes=0), num_classes, cfg).eval()
+    model = apply_cal(create_model(backbone, num_classes=0), cfg, num_classes=num_classes).eval()
     m = count_macs(model, img_size)
     return {"model": f"cal_{backbone}", "img_size": img_size, "params": count_params(model), "macs": m,
             "gmacs": round(m / 1e9, 4)}
