@@ -15,7 +15,8 @@ from fgir.engine.train import train
 @pytest.fixture(scope="module")
 def teacher_run(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    train(tiny_cfg(tiny_root, out, "task.name=cal", "model.plugins=[{name: cal, num_maps: 4}]", "optim.label_smoothing=0",
+    train(tiny_cfg(tiny_root, out, "task.name=cal", "model.plugins=[{name: cal, num_maps: 4}]",
+                   "optim.label_smoothing=0",
                    "run.name=teacher", "data.test_split="))
     return out / "teacher"
 

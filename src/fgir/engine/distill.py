@@ -362,6 +362,10 @@ class TGDATask(Task):
         sm = _stat(student_mean, "student_mean") if student_mean is not None else tm.clone()
         ss = _stat(student_std, "student_std") if student_std is not None else ts.clone()
         self.renormalise = not (torch.equal(tm, sm) and torch.equal(ts, ss))
+        as_tuple = lambda v, d: tuple(float(x) for x in (d if v is None else v))  # noqa: E731  (exact values)
+        t_mean, t_std = as_tuple(teacher_mean, IMAGENET_MEAN), as_tuple(teacher_std, IMAGENET_STD)
+        self._teacher_io = (t_mean, t_std)
+        self._student_io = (as_tuple(student_mean, t_mean), as_tuple(student_std, t_std))
         self.register_buffer("teacher_mean", tm, persistent=False)
         self.register_buffer("teacher_std", ts, persistent=False)
         self.register_buffer("student_mean", sm, persistent=False)
@@ -392,13 +396,11 @@ class TGDATask(Task):
     # ------------------------------------------------------------------ contract
     def input_spec(self) -> IOSpec:
         """Batches arrive at the teacher size S_t with the teacher's normalisation."""
-        return IOSpec(self.img_size, tuple(self.teacher_mean.flatten().tolist()),
-                      tuple(self.teacher_std.flatten().tolist()))
+        return IOSpec(self.img_size, *self._teacher_io)
 
     def deploy_spec(self) -> DeploySpec:
         """The student alone, at S_s with its own normalisation."""
-        return DeploySpec(self.model, int(self.cfg.student_img_size or self.img_size),
-                          tuple(self.student_mean.flatten().tolist()), tuple(self.student_std.flatten().tolist()))
+        return DeploySpec(self.model, int(self.cfg.student_img_size or self.img_size), *self._student_io)
 
     def to_deploy_input(self, images: torch.Tensor) -> torch.Tensor:
         return self.to_student(images)

@@ -54,6 +54,14 @@ def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: 
     return DecodeLoader(ds, tf, num_workers=d.num_workers, skip_bad=d.skip_bad, **kw)
 
 
+def build_optimizer(cfg: Config, task: torch.nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer over every trainable parameter of the Task (the deployed model and any
+    trainable part outside it; frozen ones are skipped). Norm weights, biases and the model's
+    ``no_weight_decay()`` names get no weight decay (timm's rule)."""
+    return create_optimizer_v2(task, opt=cfg.optim.opt, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                               momentum=cfg.optim.momentum)
+
+
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     o = cfg.optim
     total = o.epochs * steps_per_epoch
@@ -175,9 +183,7 @@ def train(cfg: Config, resume: str = "") -> dict:
     train_loader = make_loader(cfg, train_ds, True, io.mean, io.std, info)
     val_loader = make_loader(cfg, val_ds, False, io.mean, io.std, info) if val_ds is not None else None
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.accum_steps)
-    # every trainable parameter of the Task (timm skips frozen ones; norms/biases get no weight decay)
-    optimizer = create_optimizer_v2(task, opt=cfg.optim.opt, lr=cfg.optim.lr,
-                                    weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum)
+    optimizer = build_optimizer(cfg, task)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if cfg.optim.amp == "fp16" else None
     ema = ModelEmaV3(task.model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None

@@ -596,6 +596,9 @@ def apply_cal(backbone: nn.Module, cfg: CALConfig | None = None, *, num_classes:
     """
     if isinstance(backbone, CALModel):
         raise ValueError("apply_cal: the model already has a CAL head (list the 'cal' plug-in once).")
+    if hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks"):
+        raise TypeError(f"CAL needs a CNN whose forward_features is a B x C x h x w map; {type(backbone).__name__} "
+                        "is a token model (ViT). Use a CNN backbone (resnet*, lrnet*).")
     k = num_classes if num_classes is not None else int(getattr(backbone, "num_classes", 0) or 0)
     if k <= 0:
         raise ValueError(f"apply_cal needs a class count: {type(backbone).__name__}.num_classes is {k}; "

@@ -1,0 +1,179 @@
+"""The plug-in layer: plug-ins and tasks from config, application order, trainable control, census."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from fgir.config import ConfigError, PluginConfig, load_config
+from fgir.engine.build import build_model
+from fgir.models import create_model
+from fgir.models.plugins import apply_plugins, get_inference, inference_names
+from fgir.models.trainable import apply_trainable, parameter_census
+from fgir.registry import PLUGINS
+
+CNNS = ["test_resnet", "lrnet14"]  # tiny CNN backbones; every plug-in x backbone below
+
+
+def _cfg(*over):
+    return load_config(overrides=["data.img_size=32", *over])
+
+
+# ----------------------------------------------------------------------------- config
+def test_plugin_entry_becomes_its_config_dataclass():
+    cfg = _cfg("model.plugins=[{name: cal, num_maps: 8}]")
+    (entry,) = cfg.model.plugins
+    assert isinstance(entry, PluginConfig) and type(entry) is PLUGINS.meta("cal")["config"]
+    assert (entry.name, entry.num_maps, entry.logit_scale) == ("cal", 8, 100.0)
+
+
+def test_unknown_plugin_name_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"model.plugins\[0\].name='cla'.*Did you mean: cal"):
+        _cfg("model.plugins=[{name: cla}]")
+
+
+def test_unknown_key_inside_entry_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"model.plugins\[0\].num_map'.*Did you mean: num_maps"):
+        _cfg("model.plugins=[{name: cal, num_map: 8}]")
+
+
+def test_entry_without_name_is_refused():
+    with pytest.raises(ConfigError, match=r"model.plugins\[0\] must be a mapping with a 'name'"):
+        _cfg("model.plugins=[{num_maps: 8}]")
+
+
+def test_override_edits_one_entry_by_index(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  plugins:\n    - {name: cal, num_maps: 8}\n")
+    cfg = load_config([str(tmp_path / "c.yaml")], ["model.plugins.0.logit_scale=10"])
+    assert (cfg.model.plugins[0].num_maps, cfg.model.plugins[0].logit_scale) == (8, 10.0)
+
+
+def test_override_of_missing_entry_names_index():
+    with pytest.raises(ConfigError, match=r"plugins.2: there is no entry 2"):
+        _cfg("model.plugins.2.num_maps=3")
+
+
+def test_task_fields_are_the_registered_task_config():
+    cfg = _cfg("task.name=tgda", "task.temperature=2")
+    assert type(cfg.task).__name__ == "TGDAConfig" and cfg.task.temperature == 2.0
+
+
+def test_unknown_task_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"task.name='tgdaa'.*Did you mean: tgda"):
+        _cfg("task.name=tgdaa")
+
+
+def test_field_of_another_task_is_refused_with_the_task_named():
+    with pytest.raises(ConfigError, match=r"task.temperature' \(fields of task 'classification'"):
+        _cfg("task.temperature=2")
+
+
+def test_legacy_task_sections_migrate():
+    cfg = load_config(overrides=["task.name=cal", "task.cal.num_maps=4", "task.cal.tta_eval=true",
+                                 "task.cal.crop_threshold=[0.3,0.5]"])
+    assert [p.name for p in cfg.model.plugins] == ["cal"] and cfg.model.plugins[0].num_maps == 4
+    assert cfg.task.crop_threshold == [0.3, 0.5] and cfg.model.inference == "tta"
+
+
+def test_saved_config_with_plugins_round_trips(tmp_path):
+    from fgir.config import save_config
+
+    cfg = _cfg("model.plugins=[{name: cal, num_maps: 8}]", "task.name=cal")
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config([str(tmp_path / "c.yaml")]) == cfg
+
+
+# ----------------------------------------------------------------------------- application
+@pytest.mark.parametrize("backbone", CNNS)
+def test_empty_plugin_list_is_the_plain_model(backbone):
+    torch.manual_seed(0)
+    plain = create_model(backbone, num_classes=3).eval()
+    torch.manual_seed(0)
+    built = build_model(_cfg(f"model.name={backbone}"), 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(built(x), plain(x), rtol=0, atol=0)
+    assert type(built) is type(plain)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS.names())
+@pytest.mark.parametrize("backbone", CNNS)
+def test_plugin_applies_and_runs(plugin, backbone):
+    model = build_model(_cfg(f"model.name={backbone}", f"model.plugins=[{{name: {plugin}}}]"), 3).eval()
+    assert model.fgir_plugins == [plugin]
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("plugin", PLUGINS.names())
+def test_plugin_applied_twice_raises(plugin):
+    entry = PLUGINS.meta(plugin)["config"](name=plugin)
+    model = apply_plugins(create_model("test_resnet", num_classes=3), [entry])
+    with pytest.raises(ValueError, match="already applied"):
+        apply_plugins(model, [entry])
+
+
+@pytest.mark.parametrize("plugin", PLUGINS.names())
+def test_plugin_parameters_are_recorded(plugin):
+    entry = PLUGINS.meta(plugin)["config"](name=plugin)
+    model = apply_plugins(create_model("test_resnet", num_classes=3), [entry])
+    assert model.fgir_plugin_params[plugin]
+
+
+def test_cal_on_a_token_model_is_refused():
+    with pytest.raises(ConfigError, match="CAL needs a CNN"):
+        build_model(_cfg("model.name=vitfs_nano", "model.plugins=[cal]"), 3)
+
+
+def test_cal_adds_the_tta_inference_variant():
+    model = build_model(_cfg("model.plugins=[cal]", "model.name=test_resnet"), 3)
+    assert inference_names(model) == ["default", "tta"]
+    assert get_inference(model, "tta") == model.predict_tta
+
+
+def test_unknown_inference_variant_lists_available():
+    with pytest.raises(ConfigError, match=r"model.inference='tta'.*available: \['default'\]"):
+        build_model(_cfg("model.name=test_resnet", "model.inference=tta"), 3)
+
+
+# ----------------------------------------------------------------------------- trainable
+def test_trainable_head_freezes_the_rest():
+    model = build_model(_cfg("model.name=test_resnet", "model.trainable=[head]"), 3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+
+
+def test_trainable_plugins_preset_selects_plugin_parameters():
+    model = build_model(_cfg("model.name=test_resnet", "model.plugins=[cal]", "model.trainable=[plugins]"), 3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") for n in trainable)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_trainable_patterns_and_exclusion():
+    model = create_model("test_resnet", num_classes=3)
+    apply_trainable(model, ["all", "!*bn*", "!conv1.*"])
+    for n, p in model.named_parameters():
+        assert p.requires_grad == (".bn" not in n and not n.startswith("bn") and not n.startswith("conv1."))
+
+
+def test_trainable_pattern_matching_nothing_is_an_error():
+    with pytest.raises(ConfigError, match=r"'blocks\.\*' selects nothing"):
+        apply_trainable(create_model("test_resnet", num_classes=3), ["blocks.*"])
+
+
+def test_mark_only_cal_trainable():
+    from fgir.models.plugins.cal import apply_cal, mark_only_cal_trainable
+
+    model = mark_only_cal_trainable(apply_cal(create_model("test_resnet", num_classes=3)))
+    assert all(p.requires_grad == n.startswith("head.") for n, p in model.named_parameters())
+
+
+def test_census_counts_per_top_level_module():
+    model = build_model(_cfg("model.name=test_resnet", "model.trainable=[head]"), 3)
+    c = parameter_census(model)
+    assert c["total"] == sum(p.numel() for p in model.parameters())
+    assert c["trainable"] == model.fc.weight.numel() + model.fc.bias.numel() == c["modules"]["fc"]["trainable"]
+    assert sum(r["total"] for r in c["modules"].values()) == c["total"]
