@@ -72,7 +72,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=25)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 2.0], help="KD temperatures tuned on val")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="bench_out/tgda_cub100_v2")
+    ap.add_argument("--out", default=str(Path.home() / ".cache" / "fgir" / "bench" / "tgda_cub100_v2"),
+                    help="stage folders (outside the work tree, so a later session on this machine can continue)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out)
