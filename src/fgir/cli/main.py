@@ -15,6 +15,10 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="dot-list config overrides, e.g. optim.lr=0.01 data.name=cub100 (see `fgir config`)")
 
 
+def _add_device(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--device", default="auto", help=f"{what}auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+
+
 def cmd_train(a) -> int:
     from ..engine.train import train
 
@@ -179,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inference", default="", help="inference variant: default, or one a plug-in adds (cal: tta); "
                    "empty = the run's model.inference")
     s.add_argument("--tta", action="store_true", help="shorthand for --inference tta (CAL's 8-view inference)")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    _add_device(s)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("predict", help="top-k predictions for images or folders")
@@ -188,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topk", type=int, default=5)
     s.add_argument("--out", default="", help="write predictions to .csv or .json")
     s.add_argument("--inference", default="", help="inference variant (default, or e.g. tta for CAL)")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    _add_device(s)
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("cost", help="parameters (total/trainable) and GMACs (torchprofile conventions)")
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for the trainable count")
     s.add_argument("--throughput", action="store_true", help="also measure batch throughput and latency")
     s.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput measurement")
-    s.add_argument("--device", default="auto", help="device of the throughput measurement (auto, cpu, cuda)")
+    _add_device(s, "device of the throughput measurement: ")
     s.add_argument("--no-attention", action="store_true", help="omit QK^T/AV matmuls (old-torchprofile cells)")
     s.add_argument("--json", default="", help="also write the rows to this JSON file")
     s.set_defaults(fn=cmd_cost)
