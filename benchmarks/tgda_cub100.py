@@ -45,7 +45,8 @@ def run_stage(name: str, cfg_file: str, overrides: list[str], out: Path) -> dict
     cfg = load_config([cfg_file], overrides + [f"run.output_dir={out}", f"run.name={name}"])
     print(f"[{name}] training ...", flush=True)
     t0 = time.time()
-    res = train(cfg, resume=str(out / name) if (out / name / "last.safetensors").is_file() else "")
+    # a stage folder that exists (even killed in its first epoch) is continued, never duplicated
+    res = train(cfg, resume=str(out / name) if (out / name / "config.yaml").is_file() else "")
     print(f"[{name}] done in {(time.time() - t0) / 60:.1f} min: "
           + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k.endswith("top1") and isinstance(v, float)),
           flush=True)

@@ -76,3 +76,9 @@ def test_aug_group_defaults_to_per_image_and_must_be_positive():
     assert load_config(overrides=["data.aug_group=4"]).data.aug_group == 4
     with pytest.raises(ConfigError, match=r"data\.aug_group must be >= 1"):
         load_config(overrides=["data.aug_group=0"])
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", " x"])
+def test_run_name_must_be_a_plain_folder_name(name):
+    with pytest.raises(ConfigError, match="run.name=.*plain folder name"):
+        load_config([], [f"run.name={name!r}" if name.startswith(" ") else f"run.name={name}"])

@@ -81,9 +81,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "fonts"
-    """Dataset from the catalog (`fgir list datasets`)."""
+    """Dataset from the catalog (`fgir list datasets`), or folder = your own class-folder tree or CSV list (data.root)."""
     root: str = ""
-    """Dataset root with the split CSVs; empty = $FGIR_DATA/<name> (demo sets need none)."""
+    """Dataset root with the split CSVs or an official layout; empty = $FGIR_DATA/<name> (demo sets need none); folder: DIR or list.csv."""
     train_split: str = "train"
     """Split to train on: train (model selection) or train_val (final runs)."""
     val_split: str = "val"
@@ -117,7 +117,9 @@ class DataConfig:
     skip_bad: bool = False
     """Skip and count unreadable images instead of failing."""
     num_classes: int = 0
-    """Override the class count (only for datasets without a class table)."""
+    """Override the class count (only for datasets without a class table); 0 = from the class table."""
+    split_fractions: list = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    """Own data (data.name=folder): train/val/test fractions carving a flat <class>/* tree or a CSV list without a split column, per class (see `fgir data prepare --help`)."""
 
 
 @dataclass
@@ -125,46 +127,62 @@ class OptimConfig:
     opt: str = "adamw"
     """Optimizer name for timm's create_optimizer_v2 (adamw, sgd, momentum, lamb, ...)."""
     lr: float = 2e-3
+    """Peak learning rate (after warm-up)."""
     weight_decay: float = 0.05
+    """Weight decay (not applied to biases, norms and tokens: the timm rule)."""
     momentum: float = 0.9
+    """Momentum for sgd/momentum optimizers (ignored by adamw)."""
     batch_size: int = 64
     """Global batch per forward (split over DDP processes); one optimizer step sees batch_size * accum_steps images."""
     epochs: int = 30
+    """Training epochs."""
     sched: str = "cosine"
     """cosine, step or constant."""
     warmup_epochs: float = 2.0
+    """Linear warm-up length in epochs (fractions allowed)."""
     warmup_steps: int = 0
     """Warm-up length in steps; overrides warmup_epochs when > 0 (reference engine: 500)."""
     warmup_lr: float = 1e-6
+    """Learning rate at the start of warm-up."""
     min_lr: float = 1e-5
+    """Floor of the cosine/step schedule."""
     label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy (0 = off)."""
     mixup: float = 0.0
     """Mixup alpha (0 = off)."""
     cutmix: float = 0.0
     """CutMix alpha (0 = off)."""
     mix_prob: float = 1.0
+    """Probability of applying mixup/CutMix to a batch."""
     clip_grad: float = 0.0
     """Global gradient-norm clip (0 = off)."""
     accum_steps: int = 1
+    """Gradient accumulation: batches per optimizer step."""
     amp: str = "none"
     """Mixed precision: none, bf16 or fp16 (fp16 only on CUDA)."""
     ema: bool = False
+    """Keep an exponential moving average of the weights (timm ModelEmaV3); validation, test and checkpoints use it."""
     ema_decay: float = 0.9998
+    """EMA decay per optimizer step (in (0, 1))."""
 
 
 
 @dataclass
 class RunConfig:
     output_dir: str = "runs"
+    """Parent folder of run folders."""
     name: str = ""
-    """Run folder name; empty = <dataset>_<model>_<task>_s<seed>."""
+    """Run folder name; empty (also a recipe's name once an override changes data.name or model.name) = <dataset>_<model>[_<task>]_s<seed>; a folder holding another run gets a -2, -3, ... suffix."""
     seed: int = 0
+    """Seed of weights init, data order and augmentation (runs are reproducible per seed)."""
     selection: str = "last"
     """Checkpoint policy: last (last epoch) or best_val (best top-1 on the val split; never test)."""
     eval_every: int = 1
     """Validate every N epochs (and always after the last)."""
     progress: bool = True
+    """Show tqdm progress bars (only on a terminal); epoch lines are printed either way."""
     tensorboard: bool = False
+    """Also log to TensorBoard (needs the tensorboard extra)."""
     threads: int = 0
     """torch.set_num_threads (0 = leave as is)."""
     max_steps_per_epoch: int = 0
@@ -172,7 +190,9 @@ class RunConfig:
     time_budget_s: float = 0.0
     """Stop after the epoch in which this wall-clock budget ends (0 = off)."""
     channels_last: bool = False
+    """Use channels-last memory format (faster convolutions on recent GPUs)."""
     device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
 
 
 
@@ -183,10 +203,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     task: TaskConfig = field(default_factory=lambda: registered_config("task", "classification", "task.name")(),
                              metadata={"registry": "task"})
+    """What is trained: {name: classification | cal | tgda | ..., <that task's fields>} (`fgir list tasks`)."""
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
         _check_choice("run.selection", self.run.selection, ["last", "best_val"])
+        name = self.run.name
+        if name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+            raise ConfigError(f"run.name={name!r} must be a plain folder name (no path separators, not '.' or "
+                              "'..', no surrounding spaces); put the parent folder in run.output_dir.")
         _check_choice("optim.amp", self.optim.amp, ["none", "bf16", "fp16"])
         _check_choice("optim.sched", self.optim.sched, ["cosine", "step", "constant"])
         _check_choice("data.train_crop", self.data.train_crop, ["random", "rrc"])
@@ -212,6 +237,7 @@ class Config:
                 raise ConfigError(f"{key} must be > 0, got {val}.")
         if self.model.img_size < 0:
             raise ConfigError(f"model.img_size must be >= 0 (0 = data.img_size), got {self.model.img_size}.")
+        d.split_fractions = _check_split_fractions(d.split_fractions)
         if d.aug_group < 1:
             raise ConfigError(f"data.aug_group must be >= 1 (1 = one augmentation draw per image), got {d.aug_group}.")
         if not 0 <= self.optim.label_smoothing < 1:
@@ -225,6 +251,18 @@ class Config:
             p.validate(self, f"model.plugins[{i}]")
         self.task.validate(self)
         return self
+
+
+def _check_split_fractions(value: Any) -> list[float]:
+    """``data.split_fractions``: three numbers (CLI lists arrive as strings) [train > 0, val >= 0, test > 0], sum 1."""
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 3 or vals[0] <= 0 or vals[1] < 0 or vals[2] <= 0 or abs(sum(vals) - 1) > 1e-6:
+        raise ConfigError(f"data.split_fractions={value!r} is not allowed; expected [train, val, test] with "
+                          "train > 0, val >= 0, test > 0 summing to 1, e.g. [0.7, 0.1, 0.2].")
+    return vals
 
 
 def check_range_pair(key: str, value: Any, lo: float = 0.0, hi: float = 1.0) -> list[float]:
@@ -428,27 +466,75 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def explain() -> list[str]:
-    """``fgir config --explain``: every key with its default and docstring, then the fields of every
-    registered task and plug-in."""
+def config_sources(files: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, str]:
+    """Where each dotted key was last set: the YAML file (``_base_`` files as their includer) or
+    ``override``; keys absent here come from the defaults."""
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        for k, v in d.items():
+            if isinstance(v, dict) and v and k != "kwargs":
+                keys += flat(v, f"{prefix}{k}.")
+            elif isinstance(v, list) and k == "plugins":
+                keys.append(f"{prefix}{k}")
+                for i, entry in enumerate(v):
+                    keys += flat(entry, f"{prefix}{k}.{i}.") if isinstance(entry, dict) else []
+            else:
+                keys.append(f"{prefix}{k}")
+        return keys
+
+    src: dict[str, str] = {}
+    for f in files or []:
+        for k in flat(migrate_legacy(read_yaml(f))):
+            src[k] = str(f)
+    for k in flat(parse_overrides(overrides or [])):
+        src[k] = "override"
+    return src
+
+
+def explain(cfg: Config | None = None, sources: dict[str, str] | None = None) -> list[str]:
+    """``fgir config --explain``: every key with its resolved value (``cfg``, default: the defaults),
+    where it came from (a file, an override, or ``default`` with the default shown next to a changed
+    value) and its docstring; then the fields of every registered task and plug-in."""
     from .registry import PLUGINS, TASKS
 
+    cfg = cfg if cfg is not None else Config()
+    sources = sources or {}
     lines: list[str] = []
 
-    def walk(cls: type, prefix: str, skip: tuple = ()) -> None:
-        docs, hints = field_docs(cls), _hints(cls)
+    def origin(key: str) -> str:
+        return sources.get(key, "")
+
+    def walk(obj: Any, prefix: str, skip: tuple = (), show_source: bool = True) -> None:
+        cls = type(obj)
+        docs, hints, fresh = field_docs(cls), _hints(cls), cls()
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
+            value = getattr(obj, f.name)
             if dataclasses.is_dataclass(hints[f.name]) and not f.metadata.get("registry"):
-                walk(hints[f.name], f"{prefix}{f.name}.")
+                walk(value, f"{prefix}{f.name}.", show_source=show_source)
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if dataclasses.is_dataclass(default):
-                default = default.name
-            lines.append(f"{prefix}{f.name} = {default!r}" + (f"\n    {docs[f.name]}" if f.name in docs else ""))
+            key = f"{prefix}{f.name}"
+            if f.metadata.get("registry") == "task":
+                lines.append(f"{key}.name = {value.name!r}" + _source_note(origin(f"{key}.name"), show_source))
+                lines.append(f"    {docs.get(f.name, '')}".rstrip())
+                walk(value, f"{key}.", skip=("name",), show_source=show_source)
+                continue
+            default = getattr(fresh, f.name)
+            if f.metadata.get("registry") == "plugin":
+                shown = [p.name for p in value]
+                lines.append(f"{key} = {shown!r}" + _source_note(origin(key), show_source))
+                lines.append(f"    {docs.get(f.name, '')}".rstrip())
+                for i, entry in enumerate(value):
+                    lines.append(f"{key}.{i}.name = {entry.name!r}" + _source_note(origin(f"{key}.{i}.name"), show_source))
+                    walk(entry, f"{key}.{i}.", skip=("name",), show_source=show_source)
+                continue
+            note = _source_note(origin(key), show_source)
+            if note and value != default:
+                note += f", default {default!r}"
+            lines.append(f"{key} = {value!r}{note}" + (f"\n    {docs[f.name]}" if f.name in docs else ""))
 
-    walk(Config, "")
+    walk(cfg, "")
     for kind, reg, prefix in (("task", TASKS, "task."), ("plug-in", PLUGINS, "model.plugins[i].")):
         for name in reg.names():
             cls = reg.meta(name)["config"]
@@ -456,8 +542,36 @@ def explain() -> list[str]:
             lines.append(f"\n# {kind} '{name}'" + (f": {doc}" if doc else ""))
             if kind == "plug-in":
                 lines.append(f"{prefix}name = {name!r}")
-            walk(cls, prefix, skip=("name",) if kind == "task" else ("name",))
+            walk(cls(), prefix, skip=("name",), show_source=False)
     return lines
+
+
+def _source_note(src: str, show: bool) -> str:
+    if not show:
+        return ""
+    return f"    # {src}" if src else "    # default"
+
+
+def undocumented_keys() -> list[str]:
+    """Config fields without a docstring (the core sections, every task and every plug-in); a test
+    keeps this empty so `--explain` describes every key."""
+    from .registry import PLUGINS, TASKS
+
+    missing: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        docs, hints = field_docs(cls), _hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]) and not f.metadata.get("registry"):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f.name not in docs and not (f.name == "name" and issubclass(cls, (PluginConfig, TaskConfig))):
+                missing.append(f"{prefix}{f.name}")
+
+    walk(Config, "")
+    for reg, prefix in ((TASKS, "task."), (PLUGINS, "model.plugins[i].")):
+        for n in reg.names():
+            walk(reg.meta(n)["config"], f"{prefix}<{n}>.")
+    return missing
 
 
 def read_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
@@ -514,7 +628,15 @@ def load_config(files: list[str] | None = None, overrides: list[str] | None = No
         merged = _deep_merge(merged, read_yaml(f))
     if data:
         merged = _deep_merge(merged, data)
-    merged = _deep_merge(merged, parse_overrides(overrides or []))
+    ov = parse_overrides(overrides or [])
+    before = {s: merged.get(s).get("name") if isinstance(merged.get(s), dict) else None for s in ("data", "model")}
+    merged = _deep_merge(merged, ov)
+    # A recipe's run.name describes the recipe's dataset and model; once an override changes
+    # either (and names no run), the run is named after what it trains (train.run_name).
+    if (any(isinstance(ov.get(s), dict) and "name" in ov[s] and ov[s]["name"] != before[s] for s in before)
+            and not (isinstance(ov.get("run"), dict) and "name" in ov["run"])
+            and isinstance(merged.get("run"), dict) and merged["run"].get("name")):
+        merged["run"] = {**merged["run"], "name": ""}
     return from_dict(Config, migrate_legacy(merged)).validate()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fgir.data import converters
+from fgir.data import converters, resolve
 from fgir.data.catalog import (
     MANIFEST_JSON,
     DatasetSpec,
@@ -157,8 +157,8 @@ def _cub_tree(root: Path) -> Path:
 def test_official_layout_is_prepared_once_into_the_cache(tmp_path, monkeypatch):
     root = _cub_tree(tmp_path / "CUB_200_2011")
     calls = []
-    real = converters.prepare
-    monkeypatch.setattr(converters, "prepare", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = resolve.prepare
+    monkeypatch.setattr(resolve, "prepare", lambda *a, **k: calls.append(a) or real(*a, **k))
     mdir, img = resolve_root("cub", root, check_counts=False)
     assert mdir.name.startswith("cub-") and img == (root / "images").absolute()
     assert read_manifest_info(mdir)["validated"] is True

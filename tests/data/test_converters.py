@@ -368,7 +368,7 @@ def test_mat_layouts_with_a_stub_loadmat(tmp_path, monkeypatch):
     }
     for name in mats:
         (tmp_path / name).write_bytes(b"MATLAB stub")
-    monkeypatch.setattr(cv, "_loadmat", lambda p: mats[p.name])
+    monkeypatch.setattr(cv.mat, "_loadmat", lambda p: mats[p.name])
     cars = load(cv.convert_cars(tmp_path, tmp_path / "cars"))
     assert cars["train_val"][:2] == [Row(0, "000001.jpg"), Row(1, "000002.jpg")] and len(cars["test"]) == 2
     assert read_class_table(tmp_path / "cars" / "classid_classname.csv")[1] == "Acura RL Sedan 2012"

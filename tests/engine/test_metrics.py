@@ -177,11 +177,16 @@ def test_predictions_csv(tmp_path):
     path = write_predictions_csv(tmp_path / "predictions.csv", acc)
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["image_id", "class_id", "pred_id", "prob", "top5_ids"]
+    assert list(rows[0]) == ["image_id", "path", "true_id", "true_name", "pred_id", "pred_name", "prob", "correct",
+                             "top1_name", "top1_prob", "top2_name", "top2_prob", "top3_name", "top3_prob",
+                             "top4_name", "top4_prob"]
     assert len(rows) == 8
-    assert (rows[2]["image_id"], rows[2]["class_id"], rows[2]["pred_id"], rows[2]["top5_ids"]) == (
-        "img2", "0", "1", "1 0 2 3")
-    _close(float(rows[2]["prob"]), 0.70, atol=1e-6)
+    r = rows[2]
+    assert (r["path"], r["true_id"], r["true_name"], r["pred_id"], r["pred_name"], r["correct"]) == (
+        "img2", "0", "ani", "1", "bo", "0")
+    assert [r[f"top{k}_name"] for k in range(1, 5)] == ["bo", "ani", "cu", "du"]
+    _close(float(r["top1_prob"]), 0.70, atol=1e-6)
+    _close(float(r["prob"]), 0.70, atol=1e-6)
 
 
 def test_summary_line_rounds_to_two_decimals():

@@ -28,8 +28,10 @@ def cmd_train(a) -> int:
         if run_cfg is None or not run_cfg.is_file():
             raise ConfigError(f"--resume expects a run folder with config.yaml, got {a.resume}.")
         files = [str(run_cfg)] + files
+    if a.resume and a.overwrite:
+        raise ConfigError("--resume continues a run folder and --overwrite replaces one; use one of them.")
     cfg = load_config(files, a.overrides)
-    res = train(cfg, resume=a.resume or "")
+    res = train(cfg, resume=a.resume or "", overwrite=a.overwrite)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -42,25 +44,83 @@ def cmd_demo(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from ..engine.evaluate_cli import evaluate_checkpoint
+    from ..engine.evaluate_cli import evaluate_many, format_table
+    from ..engine.metrics import summary_line
 
-    res = evaluate_checkpoint(a.checkpoint, split=a.split, root=a.root, out=a.out,
-                              inference="tta" if a.tta else a.inference, device=a.device)
-    print(json.dumps(res, indent=2))
+    def on_error(ck, e):
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"fgir: error: {ck}: {msg}", file=sys.stderr)
+
+    def on_result(res):
+        print(f"{res['checkpoint']}: {summary_line(res)}  ->  {res['out_dir']}")
+
+    rows, errors = evaluate_many(a.checkpoints, split=a.split, root=a.root, out=a.out,
+                                 inference="tta" if a.tta else a.inference, batch_size=a.batch_size,
+                                 device=a.device, progress=sys.stderr.isatty(), count_macs=not a.no_macs,
+                                 results_csv=a.results_csv, append=a.append, on_result=on_result,
+                                 on_error=on_error, warn=lambda m: print(f"fgir: warning: {m}", file=sys.stderr))
+    if rows:
+        print()
+        print(format_table(rows))
+    if a.results_csv and rows:
+        print(f"wrote {a.results_csv} ({len(rows)} row{'s' if len(rows) != 1 else ''}"
+              f"{', appended' if a.append else ''})")
+    if errors:
+        print(f"fgir: error: {len(errors)} of {len(a.checkpoints)} checkpoint(s) failed: "
+              + ", ".join(ck for ck, _ in errors), file=sys.stderr)
+        return 2
     return 0
 
 
 def cmd_predict(a) -> int:
-    from ..serve.predict import Predictor, list_images, write_predictions
+    import contextlib
 
+    from ..serve.predict import PredictionWriter, Predictor, check_output_path, collect_images, skip_policy
+
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}.")
+    out = check_output_path(a.out) if a.out else None  # before any work
+    not_images: list[Path] = []
+    items, named = collect_images(a.images, not_images)
+    if not_images:
+        print(f"fgir: warning: skipped {len(not_images)} file(s) without an image extension, e.g. "
+              + ", ".join(str(f) for f in not_images[:3]), file=sys.stderr)
     pred = Predictor.from_checkpoint(a.checkpoint, device=a.device, inference=a.inference)
-    files = [f for src in a.images for f in list_images(src)]
-    rows = pred.predict(files, topk=a.topk)
-    for r in rows:
-        top = ", ".join(f"{t['class_name']} {100 * t['prob']:.1f}%" for t in r["topk"])
-        print(f"{r['image']}: {top}")
-    if a.out:
-        print(f"wrote {write_predictions(rows, a.out)}")
+    bad: list[Path] = []
+
+    def on_skip(path, e):
+        bad.append(path)
+        if bar is not None:
+            bar.update(1)
+        if len(bad) <= 10:
+            print(f"fgir: warning: skipped {e}", file=sys.stderr)
+
+    bar = None
+    if not a.quiet and len(named) < len(items) and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="predict", unit="img", leave=False)
+    n = 0
+    writer = PredictionWriter(out, min(a.topk, len(pred.class_names))) if out else contextlib.nullcontext()
+    try:
+        with writer:
+            for r in pred.iter_predict(items, topk=a.topk, batch_size=a.batch_size,
+                                       on_error=skip_policy(named, on_skip)):
+                n += 1
+                if out:
+                    writer.write(r)
+                if not a.quiet:
+                    top = ", ".join(f"{t['class_name']} {100 * t['prob']:.1f}%" for t in r["topk"])
+                    (print if bar is None else bar.write)(f"{r['image']}: {top}")
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if len(bad) > 10:
+        print(f"fgir: warning: skipped {len(bad)} unreadable image(s) in all (first 10 listed above)", file=sys.stderr)
+    if out:
+        print(f"wrote {out} ({n} image{'s' if n != 1 else ''}{f', {len(bad)} skipped' if bad else ''})")
     return 0
 
 
@@ -88,6 +148,10 @@ def cmd_cost(a) -> int:
                        trainable=a.trainable or None, throughput=a.throughput, device=device,
                        batch_size=a.batch_size)
             for m in a.models for s in a.img_size]
+    print(f"# fgir cost: {a.num_classes}-class head, batch 1 for MACs (multiply-accumulates, not FLOPs; "
+          f"{'without' if a.no_attention else 'with'} attention matmuls), plugins {a.plugins or 'none'}, "
+          f"trainable {' '.join(a.trainable) or 'all'}"
+          + (f", throughput at batch {a.batch_size} on {device}" if a.throughput else ""))
     for r in rows:
         speed = (f"  {r['img_per_s']:>9.1f} img/s @ b{r['batch_size']} on {r['device']}"
                  if "img_per_s" in r else "")
@@ -100,10 +164,25 @@ def cmd_cost(a) -> int:
 
 
 def cmd_data(a) -> int:
-    from ..data.converters import prepare
+    from ..data.resolve import prepare_dataset, train_command
 
-    out = prepare(a.name, a.root, a.out or None, check_counts=not a.no_check_counts)
-    print(f"Prepared '{a.name}' manifest in {out}")
+    fractions = None
+    if a.split_fractions:
+        try:
+            fractions = [float(v) for v in a.split_fractions.split(",")]
+        except ValueError as e:
+            raise ConfigError(f"--split-fractions expects three numbers like 0.7,0.1,0.2, "
+                              f"got {a.split_fractions!r}.") from e
+    p = prepare_dataset(a.name, a.root, out=a.out or None, check_counts=not a.no_check_counts, refresh=a.refresh,
+                        split_fractions=fractions)
+    how = "prepared" if p.converted else "reused (pass --refresh to convert again)"
+    print(f"'{a.name}' from {p.source.absolute()}: manifest {how} in {p.manifest_dir}")
+    if p.split_fractions:
+        print("  split carved per class with train/val/test fractions " + "/".join(f"{v:g}" for v in p.split_fractions))
+    print(f"  {'classes':<10} {p.num_classes:>8}")
+    for split in ("train", "val", "test", "train_val"):
+        print(f"  {split:<10} {p.counts.get(split, 0):>8}")
+    print("Train on it with:\n  " + train_command(p, root_given=a.root, out_given=bool(a.out)))
     return 0
 
 
@@ -120,38 +199,58 @@ def cmd_import(a) -> int:
 def cmd_list(a) -> int:
     from ..registry import DATASETS, PLUGINS, TASKS
 
-    if a.what == "models":
-        from ..models.factory import model_names
+    def keep(name: str, text: str = "") -> bool:
+        f = a.filter.lower()
+        if not f:
+            return True
+        if any(c in f for c in "*?["):
+            import fnmatch
 
-        names = model_names(include_timm=a.all)
-        if a.filter:
-            names = [n for n in names if a.filter in n]
+            return fnmatch.fnmatch(name.lower(), f)
+        return f in name.lower() or f in text.lower()
+
+    if a.what == "models":
+        if a.pretrained:
+            import timm
+
+            # pretrained tags (architecture.tag) timm knows; the weights themselves download on first use
+            names = timm.list_models(pretrained=True)
+        else:
+            from ..models.factory import model_names
+
+            names = model_names(include_timm=a.all)
+        names = [n for n in names if keep(n)]
+        if not names:
+            raise ValueError(f"No model matches --filter {a.filter!r}; see `fgir list models --all`.")
         print("\n".join(names))
     elif a.what == "datasets":
-        from ..data.catalog import get_spec
+        from ..data.catalog import dataset_names
 
-        get_spec("fonts")
-        for n in DATASETS.names():
-            s = DATASETS.get(n)
+        rows = [(n, DATASETS.get(n)) for n in dataset_names()]
+        rows = [(n, s) for n, s in rows if keep(n, s.description)]
+        if not rows:
+            raise ValueError(f"No dataset matches --filter {a.filter!r}; see `fgir list datasets`.")
+        for n, s in rows:
             counts = " ".join(f"{k}={v}" for k, v in s.counts.items())
             print(f"{n:<14} K={s.num_classes:<6} {counts}  {s.description}")
     else:
         reg = TASKS if a.what == "tasks" else PLUGINS
         for n in reg.names():
             doc = (reg.meta(n)["config"].__doc__ or "").strip().split("\n")[0]
-            print(f"{n:<16} {doc}")
+            if keep(n, doc):
+                print(f"{n:<16} {doc}")
     return 0
 
 
 def cmd_config(a) -> int:
     import yaml
 
-    from ..config import explain, to_dict
+    from ..config import config_sources, explain, to_dict
 
-    if a.explain:
-        print("\n".join(explain()))
-        return 0
     cfg = load_config(a.config or [], a.overrides)
+    if a.explain:
+        print("\n".join(explain(cfg, config_sources(a.config or [], a.overrides))))
+        return 0
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return 0
 
@@ -171,34 +270,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a model from YAML configs and key=value overrides")
     s.add_argument("--config", "-c", action="append", help="YAML config (repeatable; later files win)")
-    s.add_argument("--resume", default="", help="run folder to continue exactly from its last checkpoint")
+    s.add_argument("--resume", default="", help="run folder to continue exactly from its last checkpoint "
+                   "(a finished run is reported, not retrained)")
+    s.add_argument("--overwrite", action="store_true", help="replace the run folder of the same name (deleted only "
+                   "once the new run starts); default: a folder holding another run gets a -2, -3, ... suffix")
     _add_overrides(s)
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("eval", help="evaluate a run folder or checkpoint on a split")
-    s.add_argument("checkpoint", help="run folder or .safetensors checkpoint")
-    s.add_argument("--split", default="test")
+    s = sub.add_parser("eval", help="evaluate run folders or checkpoints on a split (one results row each)",
+                       description="Evaluate each checkpoint on a split: per-checkpoint outputs in its eval folder, "
+                       "one results row per checkpoint (printed as a table; --results-csv writes them). A failing "
+                       "checkpoint is reported and the others still run; the exit status is then 2.")
+    s.add_argument("checkpoints", nargs="+", metavar="RUN_OR_CKPT", help="run folders or .safetensors checkpoints")
+    s.add_argument("--split", default="test", help="split to evaluate (default: test; val or train_val for selection)")
     s.add_argument("--root", default="", help="dataset root (default: the one recorded in the checkpoint)")
-    s.add_argument("--out", default="", help="output folder (default: <run>/eval_<split>)")
+    s.add_argument("--out", default="", help="output folder (default: <run>/eval_<split>[_<variant>]); with several "
+                   "checkpoints, <out>/<run folder>_<checkpoint name> each")
+    s.add_argument("--results-csv", default="", metavar="PATH", help="write the results rows (checkpoint, model, "
+                   "dataset, split, inference, img_size, params, gmacs, top1, top5, macro_f1, ece, num_images, "
+                   "device) to PATH, atomically, replacing it (see --append); rewritten after every checkpoint")
+    s.add_argument("--append", action="store_true", help="add the rows to an existing --results-csv with the same "
+                   "columns instead of replacing it")
+    s.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (at least 64 is used)")
+    s.add_argument("--no-macs", action="store_true", help="skip counting the deployed model's MACs (gmacs empty)")
     s.add_argument("--inference", default="", help="inference variant: default, or one a plug-in adds (cal: tta); "
                    "empty = the run's model.inference")
     s.add_argument("--tta", action="store_true", help="shorthand for --inference tta (CAL's 8-view inference)")
     _add_device(s)
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("predict", help="top-k predictions for images or folders")
-    s.add_argument("checkpoint")
+    s = sub.add_parser("predict", help="top-k predictions for images or folders",
+                       description="Top-k predictions for image files and folders (recursive), streamed in batches. "
+                       "In folders, unreadable images are reported and skipped; a file named directly must be "
+                       "readable.")
+    s.add_argument("checkpoint", help="run folder or .safetensors checkpoint")
     s.add_argument("images", nargs="+", help="image files or folders")
-    s.add_argument("--topk", type=int, default=5)
-    s.add_argument("--out", default="", help="write predictions to .csv or .json")
+    s.add_argument("--topk", type=int, default=5, help="classes listed per image (default: 5)")
+    s.add_argument("--batch-size", type=int, default=32, help="images decoded and run together (default: 32)")
+    s.add_argument("--out", default="", help="write predictions to a file; the extension picks the format: .csv "
+                   "(image, class_name1, class_id1, prob1, ...), .json (a list of rows) or .jsonl (a row per line)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no per-image lines and no progress bar")
     s.add_argument("--inference", default="", help="inference variant (default, or e.g. tta for CAL)")
     _add_device(s)
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("cost", help="parameters (total/trainable) and GMACs (torchprofile conventions)")
-    s.add_argument("models", nargs="+")
-    s.add_argument("--img-size", type=int, nargs="+", default=[224])
-    s.add_argument("--num-classes", type=int, default=200)
+    s.add_argument("models", nargs="+", help="model names (fgir or timm; `fgir list models`)")
+    s.add_argument("--img-size", type=int, nargs="+", default=[224], help="input sizes (default: 224)")
+    s.add_argument("--num-classes", type=int, default=200, help="classes of the head (default: 200, as CUB)")
     s.add_argument("--plugins", default="", help="plug-ins to apply, as YAML ('[{name: cal, num_maps: 16}]') "
                    "or comma-separated names ('cal')")
     s.add_argument("--trainable", nargs="*", default=[], help="model.trainable entries (presets or patterns) "
@@ -212,11 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("data", help="dataset tools")
     dsub = s.add_subparsers(dest="data_cmd", required=True)
-    d = dsub.add_parser("prepare", help="convert an official layout into the fgir manifest (counts checked)")
-    d.add_argument("name")
-    d.add_argument("--root", required=True, help="folder with the official files")
-    d.add_argument("--out", default="", help="manifest folder (default: the fgir cache)")
-    d.add_argument("--no-check-counts", action="store_true", help="accept counts that differ from the spec")
+    from ..data.catalog import dataset_names
+
+    d = dsub.add_parser(
+        "prepare", help="convert a dataset root (official layout or your own folders/CSV) into the fgir manifest",
+        description="Write the manifest `fgir train data.name=NAME data.root=ROOT` uses (same cache folder, so "
+                    "training reuses it), print the counts per split and the train command.",
+        epilog="datasets: " + ", ".join(dataset_names()) + "\n\nfolder = your own data: ROOT is "
+               "DIR/train/<class>/* + DIR/test/<class>/* [+ DIR/val/<class>/*], a flat DIR/<class>/* "
+               "(carved per class by --split-fractions) or a list.csv with path,label[,split].",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("name", help="catalog dataset or 'folder' (see the list below)")
+    d.add_argument("--root", required=True, help="folder with the official files, your class folders, or a .csv list")
+    d.add_argument("--out", default="", help="manifest folder (default: the fgir cache, where training looks)")
+    d.add_argument("--no-check-counts", action="store_true",
+                   help="accept counts that differ from the spec (a deliberate subset; training reuses it)")
+    d.add_argument("--refresh", action="store_true", help="convert again even if a valid manifest exists "
+                   "(own data: re-carve the split, picking up added images)")
+    d.add_argument("--split-fractions", default="", metavar="TRAIN,VAL,TEST",
+                   help="own flat trees / CSV lists: per-class fractions, default 0.7,0.1,0.2 (= data.split_fractions)")
     d.set_defaults(fn=cmd_data)
 
     s = sub.add_parser("import", help="convert published checkpoints into fgir checkpoints")
@@ -232,14 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("list", help="list models, datasets, tasks or plug-ins")
-    s.add_argument("what", choices=["models", "datasets", "tasks", "plugins"])
-    s.add_argument("--all", action="store_true", help="models: include every timm architecture")
-    s.add_argument("--filter", default="", help="models: substring filter")
+    s.add_argument("what", choices=["models", "datasets", "tasks", "plugins"], help="what to list")
+    s.add_argument("--all", action="store_true", help="models: include every timm architecture, not only fgir's")
+    s.add_argument("--pretrained", action="store_true", help="models: list timm's pretrained tags (e.g. "
+                   "resnet101.tv_in1k) for model.name with model.pretrained=true")
+    s.add_argument("--filter", default="", help="substring (case-insensitive, names and descriptions) or glob "
+                   "('vit_*'), e.g. --filter soy")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("config", help="print the resolved config (defaults < YAML < overrides)")
-    s.add_argument("--config", "-c", action="append")
-    s.add_argument("--explain", action="store_true", help="list every key with its default and meaning")
+    s.add_argument("--config", "-c", action="append", help="YAML config (repeatable; later files win)")
+    s.add_argument("--explain", action="store_true", help="list every key with its resolved value, where it came "
+                   "from (file, override or default) and its meaning, then every task's and plug-in's fields")
     _add_overrides(s)
     s.set_defaults(fn=cmd_config)
     return p
@@ -249,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except BrokenPipeError:  # `fgir ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"fgir: error: {msg}", file=sys.stderr)

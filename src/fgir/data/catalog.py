@@ -1,36 +1,39 @@
-"""Named dataset specs over the one manifest format (spec datasets.md §2), and root resolution.
+"""Named dataset specs over the one manifest format (spec datasets.md §2): pure data.
 
 Every benchmark set of the five papers is registered from one table (``_BENCHMARKS``), plus two
-small sets bundled with the project (``cub100``, ``flowers12``). A spec records what the set
-should look like (class count, image folder, expected rows per split, the train/val carve-out
-fraction) and which converter in :mod:`fgir.data.converters` reads its official layout.
+small sets bundled with the project (``cub100``, ``flowers12``) and ``folder``, the user's own
+class-folder tree or CSV list. A spec records what the set should look like (class count, image
+folder, expected rows per split, the train/val carve-out fraction) and the name of the converter
+in :mod:`fgir.data.converters` that reads its official layout.
 
-:func:`resolve_root` turns a dataset name and an optional root into the folder holding the split
-CSVs and the folder the CSV paths are relative to. Roots come from the argument or
-``$FGIR_DATA``; there is never an absolute default.
+This module reads no files and imports no converter. Turning a name and a root into a manifest
+is :mod:`fgir.data.resolve` (``resolve_root`` is still importable from here through a lazy
+shim).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..registry import DATASETS
-
-SPLITS = ("train_val", "test", "train", "val")
-"""The four split CSVs of a manifest, in the order counts are listed."""
-MANIFEST_JSON = "manifest.json"
-"""Written next to converted CSVs: the absolute image root, the source and the converter."""
+from .manifest import (  # noqa: F401  (re-exported: the manifest format's names)
+    MANIFEST_JSON,
+    SPLITS,
+    has_split_csvs,
+    image_root_of,
+    read_manifest_info,
+)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
     num_classes: int
+    """Class count of the class table; 0 = taken from the data (own folder sets)."""
     image_folder: str = "images"
     """Image folder under the dataset root; split ``dir`` paths are relative to it."""
     default_root: str = ""
@@ -79,6 +82,13 @@ def data_home() -> Path | None:
 def cache_home() -> Path:
     env = os.environ.get("FGIR_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fgir"
+
+
+def cached_manifest_dir(name: str, root: str | os.PathLike) -> Path:
+    """``<cache_home>/manifests/<name>-<hash of the absolute root>``: the one folder where a root
+    without a usable manifest is prepared (by ``fgir data prepare`` and by training alike)."""
+    digest = hashlib.sha1(str(Path(root).expanduser().absolute()).encode()).hexdigest()[:10]
+    return cache_home() / "manifests" / f"{name}-{digest}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,105 +162,19 @@ for _k in _SOYAGEING_ROUNDS:
          f"SoyAgeing round R{_k} (reference CSVs *_R{_k}.csv)"),
         split_suffix=f"_R{_k}", converter_options={"rounds": (_k,)}))
 
+FOLDER = register_dataset(DatasetSpec(
+    name="folder", num_classes=0, image_folder=".", converter="folder",
+    description="Your own data: data.root = a class-folder tree (train/ + test/ [+ val/], or flat "
+                "<class>/*) or a CSV list path,label[,split]"))
+"""The own-data spec: no catalog counts, class names from the folder names or the CSV labels."""
 
-# ---------------------------------------------------------------------------------------------
-# Root resolution
-# ---------------------------------------------------------------------------------------------
-def has_split_csvs(root: str | os.PathLike, suffix: str = "", splits: tuple[str, ...] = SPLITS) -> bool:
-    """True when ``root`` holds every split CSV in ``splits`` under the plain fgir names."""
-    return all((Path(root) / f"{s}{suffix}.csv").is_file() for s in splits)
-
-
-def read_manifest_info(manifest_dir: str | os.PathLike) -> dict:
-    """The ``manifest.json`` of a converted manifest, or ``{}`` when there is none."""
-    p = Path(manifest_dir) / MANIFEST_JSON
-    if not p.is_file():
-        return {}
-    return json.loads(p.read_text(encoding="utf-8"))
+_MOVED_TO_RESOLVE = ("resolve_root",)
 
 
-def image_root_of(manifest_dir: str | os.PathLike, spec: DatasetSpec) -> Path:
-    """Where the CSV ``dir`` paths of ``manifest_dir`` point: manifest.json's ``image_root`` if
-    present, else ``<manifest_dir>/<spec.image_folder>``."""
-    info = read_manifest_info(manifest_dir)
-    if info.get("image_root"):
-        return Path(info["image_root"])
-    return Path(manifest_dir) / spec.image_folder
+def __getattr__(name: str):
+    # Shim: root resolution moved to fgir.data.resolve (imported lazily: resolve imports this module).
+    if name in _MOVED_TO_RESOLVE:
+        from . import resolve
 
-
-def _root_hint(spec: DatasetSpec) -> str:
-    from .converters import layout_description
-
-    home = "<FGIR_DATA>" if data_home() is None else str(data_home())
-    where = f"{home}/{spec.default_root or spec.name}"
-    what = "train_val.csv" if not spec.split_suffix else f"train_val{spec.split_suffix}.csv"
-    layout = layout_description(spec.converter)
-    if layout:
-        what += f" or {layout}"
-    return f"expected {where} with {what}"
-
-
-def cached_manifest_dir(name: str, root: str | os.PathLike) -> Path:
-    """``<cache_home>/manifests/<name>-<hash of the absolute root>``: where :func:`resolve_root`
-    prepares a manifest for a root that has none."""
-    digest = hashlib.sha1(str(Path(root).expanduser().absolute()).encode()).hexdigest()[:10]
-    return cache_home() / "manifests" / f"{name}-{digest}"
-
-
-def resolve_root(name: str, root: str | os.PathLike = "", *, check_counts: bool = True,
-                 refresh: bool = False) -> tuple[Path, Path]:
-    """Locate the manifest of dataset ``name``: returns ``(manifest_dir, image_root)``.
-
-    The root is ``root`` if given, else ``$FGIR_DATA/<spec.default_root>``; built-in sets with no
-    root are materialised by their builder into its default folder (or into ``root`` when given
-    and still empty). A root holding the four split CSVs (``train_val``, ``test``, ``train``,
-    ``val``) is used as it is; its image root is
-    manifest.json's ``image_root`` if present, else ``<root>/<spec.image_folder>``. A root with
-    only part of the CSVs, suffixed reference CSVs or an official layout the spec's converter
-    reads is prepared once into :func:`cached_manifest_dir` (reused afterwards unless
-    ``refresh``); ``check_counts`` is passed on to :func:`fgir.data.converters.prepare`.
-
-    Raises:
-        FileNotFoundError: no root is known, it does not exist, or it holds nothing usable.
-    """
-    spec = get_spec(name)
-    if root:
-        r = Path(root).expanduser()
-    elif spec.builtin is not None:
-        if spec.default_root:
-            r = cache_home() / "datasets" / spec.default_root
-            spec.builtin(r)
-        else:
-            r = Path(spec.builtin(None))
-    elif data_home() is not None:
-        r = data_home() / (spec.default_root or spec.name)
-    else:
-        raise FileNotFoundError(
-            f"Dataset '{name}' needs a root: set data.root=... or FGIR_DATA ({_root_hint(spec)}); "
-            f"see `fgir data prepare`.")
-    if root and spec.builtin is not None and not has_split_csvs(r):
-        spec.builtin(r)  # its builder refuses to overwrite a folder that is not its own
-    if not r.is_dir():
-        src = "data.root" if root else "FGIR_DATA"
-        raise FileNotFoundError(
-            f"Dataset '{name}': root {r} (from {src}) is not a folder; {_root_hint(spec)}; "
-            f"see `fgir data prepare`.")
-    info = read_manifest_info(r)
-    # A SoyAgeing round shares its root with the pooled set: the plain CSVs there are the pooled
-    # ones, so a round uses them only from a manifest prepared for it.
-    if has_split_csvs(r) and (not spec.split_suffix or info.get("dataset") == name):
-        return r, image_root_of(r, spec)
-
-    from .converters import prepare, source_kind
-
-    if source_kind(spec, r) is None:
-        raise FileNotFoundError(
-            f"Dataset '{name}': {r} holds neither the split CSVs nor a layout fgir can convert; "
-            f"{_root_hint(spec)}; see `fgir data prepare`.")
-    out = cached_manifest_dir(name, r)
-    info = read_manifest_info(out)
-    usable = (info.get("validated") and (info.get("checked_counts") or not check_counts)
-              and has_split_csvs(out))
-    if refresh or not usable:
-        prepare(name, r, out, check_counts=check_counts)
-    return out, image_root_of(out, spec)
+        return getattr(resolve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

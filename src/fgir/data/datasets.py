@@ -13,8 +13,9 @@ import torch
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from .catalog import cache_home, get_spec, resolve_root
+from .catalog import cache_home, get_spec
 from .manifest import ManifestError, Row, check_rows, read_class_table, read_split, split_path
+from .resolve import resolve_root
 from .transforms import load_resized
 
 CACHE_VERSION = 1
@@ -28,14 +29,16 @@ class ManifestDataset(torch.utils.data.Dataset):
     """One split of a catalog dataset: rows of (image path, class id) plus the class table.
 
     ``num_classes`` comes from the class table (or the spec / an explicit override), never
-    from the labels the split happens to contain.
+    from the labels the split happens to contain. ``root`` and ``split_fractions`` go to
+    :func:`fgir.data.resolve.resolve_root` (own data: ``name="folder"``, ``root`` = a class-folder
+    tree or a CSV list).
     """
 
     def __init__(self, name: str, split: str = "train", root: str = "", num_classes: int = 0,
-                 transform=None, check_files: bool = True):
+                 transform=None, check_files: bool = True, split_fractions=None):
         self.name, self.split, self.transform = name, split, transform
         self.spec = get_spec(name)
-        self.manifest_dir, self.image_root = resolve_root(name, root)
+        self.manifest_dir, self.image_root = resolve_root(name, root, split_fractions=split_fractions)
         path = split_path(self.manifest_dir, split)
         if not path.is_file():
             have = sorted(p.stem for p in Path(self.manifest_dir).glob("*.csv") if p.stem != "classid_classname")

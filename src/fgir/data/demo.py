@@ -27,11 +27,13 @@ import string
 import time
 from functools import cache
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .catalog import DatasetSpec, cache_home, register_dataset
 from .manifest import Row, write_class_table, write_split
+
+if TYPE_CHECKING:
+    import numpy as np  # numpy is imported where images are drawn: `fgir --help` stays light
 
 GENERATOR = "fgir.data.demo.fonts"
 GENERATOR_VERSION = 1
@@ -116,6 +118,7 @@ def _font(face: str, size: int):
 
 
 def _glyph(face: str, ch: str, size: int = 32) -> np.ndarray:
+    import numpy as np
     from PIL import Image, ImageDraw
 
     im = Image.new("L", (2 * size, 2 * size), 0)
@@ -124,6 +127,8 @@ def _glyph(face: str, ch: str, size: int = 32) -> np.ndarray:
 
 
 def _ink_height(a: np.ndarray) -> int:
+    import numpy as np
+
     rows = np.flatnonzero(a.max(axis=1) > 64)
     return int(rows[-1] - rows[0] + 1) if rows.size else 0
 
@@ -171,6 +176,8 @@ def check_faces(faces: tuple[str, ...] | None = None) -> None:
 
 
 def _rng(seed: int, face_index: int, split: str, i: int) -> np.random.Generator:
+    import numpy as np
+
     # One stream per image: a smaller build is a prefix of a larger one with the same seed.
     return np.random.default_rng([seed, face_index, SPLITS.index(split), i])
 
@@ -198,6 +205,7 @@ def render_sample(face: str, rng: np.random.Generator, size: int = DEFAULT_SIZE)
     `MAX_ROTATION` degrees, sometimes slightly blurred, and drawn in dark ink on a light, mildly
     coloured background with a faint shading ramp. Many small glyphs per image give a classifier
     enough evidence at 64 px; larger glyphs with fewer per image learned more slowly."""
+    import numpy as np
     from PIL import Image, ImageDraw, ImageFilter
 
     # Same capital height in pixels for every face: glyph shapes, not em sizes, tell faces apart.

@@ -2,18 +2,25 @@
 
 A dataset root holds ``train.csv``, ``val.csv``, ``train_val.csv``, ``test.csv`` (header
 ``class_id,dir``; ``dir`` relative to ``<root>/<image folder>``) and ``classid_classname.csv``
-(header ``class_id,class_name``). Published split CSVs load as they are.
+(header ``class_id,class_name``). Published split CSVs load as they are. A manifest written by
+fgir also holds ``manifest.json`` (the absolute image root, the source and how it was made).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 SPLIT_HEADER = ["class_id", "dir"]
 CLASS_HEADER = ["class_id", "class_name"]
+SPLITS = ("train_val", "test", "train", "val")
+"""The four split CSVs of a manifest, in the order counts are listed."""
+CLASS_TABLE = "classid_classname.csv"
+MANIFEST_JSON = "manifest.json"
+"""Written next to converted CSVs: the absolute image root, the source and the converter."""
 
 
 class ManifestError(ValueError):
@@ -28,6 +35,36 @@ class Row:
 
 def split_path(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / f"{split}.csv"
+
+
+def has_split_csvs(root: str | os.PathLike, suffix: str = "", splits: tuple[str, ...] = SPLITS) -> bool:
+    """True when ``root`` holds every split CSV in ``splits`` under the plain fgir names."""
+    return all((Path(root) / f"{s}{suffix}.csv").is_file() for s in splits)
+
+
+def read_manifest_info(manifest_dir: str | os.PathLike) -> dict:
+    """The ``manifest.json`` of a converted manifest, or ``{}`` when there is none."""
+    p = Path(manifest_dir) / MANIFEST_JSON
+    if not p.is_file():
+        return {}
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def write_manifest_info(manifest_dir: str | os.PathLike, info: dict) -> None:
+    """Write ``manifest.json`` atomically (its presence marks a complete manifest)."""
+    path = Path(manifest_dir) / MANIFEST_JSON
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def image_root_of(manifest_dir: str | os.PathLike, spec) -> Path:
+    """Where the CSV ``dir`` paths of ``manifest_dir`` point: manifest.json's ``image_root`` if
+    present, else ``<manifest_dir>/<spec.image_folder>`` (``spec`` may also be the folder name)."""
+    info = read_manifest_info(manifest_dir)
+    if info.get("image_root"):
+        return Path(info["image_root"])
+    return Path(manifest_dir) / getattr(spec, "image_folder", spec)
 
 
 def read_split(path: str | os.PathLike) -> list[Row]:

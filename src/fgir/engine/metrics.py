@@ -19,7 +19,7 @@ import math
 import os
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,7 +55,8 @@ def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b[:m] for b, m in zip(buffers, lengths)]).cpu()
 
 
-def _atomic_write_text(path: str | os.PathLike, rows: list[list[Any]]) -> str:
+def _atomic_write_text(path: str | os.PathLike, rows: Iterable[Sequence[Any]]) -> str:
+    """Write CSV rows (any iterable, consumed lazily) to a temporary sibling, then rename onto ``path``."""
     path = os.fspath(path)
     with atomic_path(path) as tmp, open(tmp, "x", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -295,18 +296,98 @@ def write_per_class_csv(path: str | os.PathLike, result: dict[str, Any]) -> str:
     return _atomic_write_text(path, rows)
 
 
-def write_predictions_csv(path: str | os.PathLike, accumulator: MetricAccumulator) -> str:
-    """CSV ``image_id, class_id, pred_id, prob, top5_ids`` (prob of the top-1; top-5 ids space-separated).
+def image_path_for(image_id: Any, image_paths: Mapping[Any, Any] | Sequence[Any] | None) -> str:
+    """The path recorded for ``image_id`` (a dataset index or a name); the id itself when unknown."""
+    if image_paths is None:
+        return str(image_id)
+    if isinstance(image_paths, Mapping):
+        return str(image_paths.get(image_id, image_id))
+    if isinstance(image_id, int) and 0 <= image_id < len(image_paths):
+        return str(image_paths[image_id])
+    return str(image_id)
+
+
+def predictions_header(k: int) -> list[str]:
+    """Columns of the predictions CSV for ``k`` ranked predictions."""
+    return (["image_id", "path", "true_id", "true_name", "pred_id", "pred_name", "prob", "correct"]
+            + [f"top{j}_{f}" for j in range(1, k + 1) for f in ("name", "prob")])
+
+
+def write_predictions_csv(path: str | os.PathLike, accumulator: MetricAccumulator,
+                          class_names: Sequence[str] | None = None,
+                          image_paths: Mapping[Any, Any] | Sequence[Any] | None = None) -> str:
+    """One row per image: ``image_id, path, true_id, true_name, pred_id, pred_name, prob, correct``
+    and ``top{k}_name, top{k}_prob`` for k = 1..min(5, K), ranked by probability (6 decimals).
+    ``image_id, true_id, pred_id, prob`` are the reference per-image CSV's ``image_id, class_id,
+    pred_id, prob`` (spec evaluation.md §4; ``prob`` = probability of the predicted class).
+
+    Args:
+        path: CSV to write (atomically; rows are generated one at a time).
+        accumulator: the filled accumulator.
+        class_names: K names (default: the accumulator's, else the ids as text).
+        image_paths: the image path of each image id: a sequence indexed by dataset index (the
+            ids ``run_inference`` records) or a mapping id -> path. Without it ``path`` holds the id.
 
     In a distributed run call ``accumulator.compute()`` (or ``sync()``) on every rank first and
     write from one rank.
     """
     p = accumulator.predictions()
-    rows: list[list[Any]] = [["image_id", "class_id", "pred_id", "prob", "top5_ids"]]
-    for image_id, y, ids, probs in zip(p["image_id"], p["label"].tolist(), p["topk_ids"].tolist(),
-                                       p["topk_probs"].tolist()):
-        rows.append([image_id, y, ids[0], repr(probs[0]), " ".join(map(str, ids))])
-    return _atomic_write_text(path, rows)
+    names = list(class_names or accumulator.class_names or [str(c) for c in range(accumulator.num_classes)])
+    k = p["topk_ids"].shape[1]
+
+    def rows() -> Iterator[list[Any]]:
+        yield predictions_header(k)
+        for image_id, y, ids, probs in zip(p["image_id"], p["label"].tolist(), p["topk_ids"].tolist(),
+                                           p["topk_probs"].tolist()):
+            row: list[Any] = [image_id, image_path_for(image_id, image_paths), y, names[y], ids[0], names[ids[0]],
+                              f"{probs[0]:.6f}", int(ids[0] == y)]
+            for c, q in zip(ids, probs):
+                row += [names[c], f"{q:.6f}"]
+            yield row
+
+    return _atomic_write_text(path, rows())
+
+
+def confused_pairs(confusion_matrix: torch.Tensor | Sequence[Sequence[int]],
+                   class_names: Sequence[str] | None = None, top: int | None = None) -> list[dict[str, Any]]:
+    """Off-diagonal cells of a confusion matrix ranked from the most frequent confusion down.
+
+    Args:
+        confusion_matrix: K x K counts, rows = true class, columns = predicted.
+        class_names: K names (ids as text when None).
+        top: keep only the first ``top`` pairs.
+
+    Returns:
+        Dicts ``true_id, true_name, pred_id, pred_name, count, rate`` (rate = count / images of
+        the true class, as a fraction), sorted by count, then rate (both descending), then ids.
+        Cells with count 0 are left out.
+    """
+    cm = torch.as_tensor(confusion_matrix).long()
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square K x K, got shape {tuple(cm.shape)}")
+    k = cm.shape[0]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k} x {k} confusion matrix")
+    off = cm.clone()
+    off.fill_diagonal_(0)
+    totals = cm.sum(1).tolist()
+    t_idx, p_idx = torch.nonzero(off > 0, as_tuple=True)
+    pairs = [{"true_id": t, "true_name": names[t], "pred_id": q, "pred_name": names[q],
+              "count": int(off[t, q]), "rate": int(off[t, q]) / totals[t]}
+             for t, q in zip(t_idx.tolist(), p_idx.tolist())]
+    pairs.sort(key=lambda r: (-r["count"], -r["rate"], r["true_id"], r["pred_id"]))
+    return pairs[:top] if top is not None else pairs
+
+
+def write_confused_pairs_csv(path: str | os.PathLike, pairs: Iterable[Mapping[str, Any]]) -> str:
+    """CSV ``rank, true_id, true_name, pred_id, pred_name, count, rate`` from :func:`confused_pairs`."""
+    def rows() -> Iterator[list[Any]]:
+        yield ["rank", "true_id", "true_name", "pred_id", "pred_name", "count", "rate"]
+        for i, r in enumerate(pairs, 1):
+            yield [i, r["true_id"], r["true_name"], r["pred_id"], r["pred_name"], r["count"], f"{r['rate']:.6f}"]
+
+    return _atomic_write_text(path, rows())
 
 
 def summary_line(result: dict[str, Any]) -> str:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
+import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
@@ -19,6 +23,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from ..benchmarks.flops import count_macs
 from ..config import Config, save_config
 from ..data.datasets import ManifestDataset
 from ..data.loader import ArrayLoader, DecodeLoader
@@ -37,7 +42,12 @@ def seed_everything(seed: int) -> None:
 
 
 def run_name(cfg: Config) -> str:
-    return cfg.run.name or f"{cfg.data.name}_{cfg.model.name}_{cfg.task.name}_s{cfg.run.seed}"
+    """``run.name``, or ``<data.name>_<model.name>[_<task.name>]_s<seed>`` (the task when not plain
+    classification); :func:`train` adds a ``-2``, ``-3``, ... suffix when the folder holds another run."""
+    if cfg.run.name:
+        return cfg.run.name
+    task = "" if cfg.task.name == "classification" else f"_{cfg.task.name}"
+    return f"{cfg.data.name}_{cfg.model.name}{task}_s{cfg.run.seed}"
 
 
 def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: DistInfo, img_size: int = 0):
@@ -50,7 +60,7 @@ def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: 
               rank=info.rank, world=info.world,
               max_steps=cfg.run.max_steps_per_epoch if train else 0)
     if d.cache:
-        return ArrayLoader(ds, tf, cache_dir=d.cache_dir, skip_bad=d.skip_bad, progress=cfg.run.progress, **kw)
+        return ArrayLoader(ds, tf, cache_dir=d.cache_dir, skip_bad=d.skip_bad, progress=_bars(cfg), **kw)
     return DecodeLoader(ds, tf, num_workers=d.num_workers, skip_bad=d.skip_bad, **kw)
 
 
@@ -89,6 +99,7 @@ class _Logger:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
         self.enabled, self.run_dir = enabled, run_dir
         self.tb = None
+        self.plot_warned = False
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -113,6 +124,19 @@ class _Logger:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and v is not None and k != "epoch":
                     self.tb.add_scalar(k, v, row["epoch"])
+
+    def plot_curves(self) -> None:
+        """Redraw curves.png from metrics.jsonl; a failure warns once and never stops training."""
+        if not self.enabled:
+            return
+        try:
+            from ..report.plots import plot_training_curves
+
+            plot_training_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        except Exception as e:  # plotting is a convenience: any failure is reported, training goes on
+            if not self.plot_warned:
+                self.plot_warned = True
+                print(f"warning: curves.png not drawn ({type(e).__name__}: {e}); training goes on.", flush=True)
 
 
 def _truncate_logs(run_dir: Path, epoch: int) -> None:
@@ -145,24 +169,162 @@ def _check_selection_overlap(cfg: Config, train_ds: ManifestDataset, val_ds: Man
                          "or run.selection=last.")
 
 
-def train(cfg: Config, resume: str = "") -> dict:
-    """Train ``cfg`` end to end; returns the final metrics (and the run folder under 'run_dir')."""
+_RUN_FILES = ("config.yaml", "last.safetensors", "final.json")
+
+
+def holds_run(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a run: it has config.yaml, metrics.*, last.safetensors or final.json."""
+    p = Path(folder)
+    return p.is_dir() and (any((p / n).exists() for n in _RUN_FILES) or any(p.glob("metrics.*")))
+
+
+def free_run_dir(out_root: str | Path, name: str) -> Path:
+    """``out_root/name``, or the first of ``name-2``, ``name-3``, ... that holds no run."""
+    path, k = Path(out_root) / name, 2
+    while holds_run(path):
+        path, k = Path(out_root) / f"{name}-{k}", k + 1
+    return path
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _bars(cfg: Config) -> bool:
+    """tqdm bars only when asked for and stderr (tqdm's stream) is a terminal: in a log file or a
+    pipe every ``\\r`` frame would stay."""
+    return bool(cfg.run.progress) and _isatty(sys.stderr)
+
+
+def _finished_result(run_dir: Path, cfg: Config) -> dict | None:
+    """final.json of a finished run (every epoch done, or its time budget spent), else None."""
+    final, last = run_dir / "final.json", run_dir / "last.safetensors"
+    if not (final.is_file() and last.is_file()):
+        return None
+    try:
+        epoch = int(ckpt.read_meta(last)["epoch"])
+        res = json.loads(final.read_text())
+    except (ckpt.CheckpointError, KeyError, ValueError):
+        return None
+    budget = cfg.run.time_budget_s
+    if epoch >= cfg.optim.epochs or (budget and float(res.get("train_time_s") or 0.0) >= budget):
+        return res
+    return None
+
+
+def _logged_time(run_dir: Path, epoch: int) -> float:
+    """``time_s`` of the last metrics row up to ``epoch`` (runs saved before the training state kept it)."""
+    p = run_dir / "metrics.jsonl"
+    if not p.is_file():
+        return 0.0
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    times = [r["time_s"] for r in rows if r.get("epoch", 0) <= epoch and isinstance(r.get("time_s"), (int, float))]
+    return float(times[-1]) if times else 0.0
+
+
+def _open_run_dir(cfg: Config, info: DistInfo, resume_dir: Path | None, overwrite: bool) -> Path:
+    """Create (or for a resume, keep) the run folder; the main process decides, the others follow."""
+    if resume_dir is not None:
+        return resume_dir
+    run_dir = None
+    if info.is_main:
+        base = Path(cfg.run.output_dir) / run_name(cfg)
+        run_dir = base
+        if holds_run(base) and overwrite:
+            print(f"Replacing the run in {base} (--overwrite).", flush=True)
+            shutil.rmtree(base)
+        elif holds_run(base):
+            run_dir = free_run_dir(cfg.run.output_dir, run_name(cfg))
+            print(f"{base} holds another run; this one goes to {run_dir} (--overwrite replaces {base.name}, "
+                  f"--resume {base} continues it).", flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if info.enabled:
+        box = [str(run_dir) if run_dir is not None else ""]
+        dist.broadcast_object_list(box, src=0)
+        run_dir = Path(box[0])
+    return run_dir
+
+
+def _macs_text(model: torch.nn.Module, img_size: int) -> str:
+    """GMACs of one image through ``model``, or 'n/a (reason)' when the counter cannot trace it."""
+    rng = ckpt.rng_state()  # the counter's random input must not shift the run's random streams
+    try:
+        return f"{count_macs(model, img_size) / 1e9:.4g} GMACs"
+    except Exception as e:  # any tracing failure: the header says why, the run goes on
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        return f"GMACs n/a ({type(e).__name__}{': ' + reason if reason else ''})"
+    finally:
+        ckpt.set_rng_state(rng)
+
+
+def _start_header(cfg: Config, run_dir: Path, info: DistInfo, start: str, splits: dict, task, census: dict) -> str:
+    dev = str(info.device)
+    if info.device.type == "cuda":
+        dev += f" ({torch.cuda.get_device_name(info.device)})"
+    if info.enabled:
+        dev += f", {info.world} processes"
+    ds = next(iter(splits.values()))
+    sizes = ", ".join(f"{role} {len(s):,}" + (f" ({s.split})" if s.split != role else "") for role, s in splits.items())
+    dep, io = task.deploy_spec(), task.input_spec()
+    m = census["model"]
+    plugins = "+".join(p.name for p in cfg.model.plugins)
+    size = f"{io.img_size} px" + (f" (model sees {dep.img_size} px)" if dep.img_size != io.img_size else "")
+    lines = [f"run      {run_dir}  ({start})",
+             f"device   {dev}",
+             f"data     {ds.name}: {ds.num_classes} classes, {size}; images {sizes}",
+             f"model    {cfg.model.name}{'+' + plugins if plugins else ''} (task {cfg.task.name}): "
+             f"{m['total']:,} parameters, {m['trainable']:,} trainable, "
+             f"{_macs_text(dep.model, dep.img_size)} at {dep.img_size} px",
+             format_census(m, "deployed model parameters")]
+    extra = census["task"]["total"] - m["total"]
+    if extra:
+        lines.append(f"task extras (e.g. a frozen teacher): {extra:,} parameters, "
+                     f"{census['task']['trainable'] - m['trainable']:,} trainable")
+    return "\n".join(lines)
+
+
+def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
+    """Train ``cfg`` end to end; returns the final metrics (and the run folder under 'run_dir').
+
+    A new run goes to ``run.output_dir/run_name(cfg)``; when that folder holds another run
+    (:func:`holds_run`) it goes to the first free ``<name>-2``, ``<name>-3``, ... instead, or with
+    ``overwrite=True`` replaces it. ``resume`` (a run folder or its checkpoint) continues that run in
+    its folder; a finished run (every epoch done, final.json present) is not trained again, its
+    final.json is returned. Datasets, model, task, loaders and optimizer are built before anything
+    is written (or an overwritten run deleted), so a start that fails leaves no folder behind.
+    """
     cfg.validate()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues a run folder, overwrite "
+                         "replaces one.")
     info = init_distributed(cfg.run.device)
     if cfg.optim.amp == "fp16" and info.device.type != "cuda":
         raise ValueError("optim.amp=fp16 needs a CUDA device; use bf16 on CPU or none.")
+    resume_dir = None
+    if resume:
+        if not Path(resume).exists():
+            raise FileNotFoundError(f"resume: {resume} is neither a run folder nor a checkpoint.")
+        resume_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        done = _finished_result(resume_dir, cfg)
+        if done is not None:
+            if info.is_main:
+                print(f"{resume_dir} is finished ({done.get('epochs', cfg.optim.epochs)} epochs, final.json "
+                      "present): nothing to train; returning its final.json. Raise optim.epochs to train on.",
+                      flush=True)
+            return done
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
-    out_root = Path(cfg.run.output_dir)
-    run_dir = Path(resume) if resume and Path(resume).is_dir() else out_root / run_name(cfg)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
     d = cfg.data
-    train_ds = ManifestDataset(d.name, d.train_split, d.root, d.num_classes)
-    val_ds = ManifestDataset(d.name, d.val_split, d.root, d.num_classes) if d.val_split else None
+    fr = d.split_fractions
+    train_ds = ManifestDataset(d.name, d.train_split, d.root, d.num_classes, split_fractions=fr)
+    val_ds = ManifestDataset(d.name, d.val_split, d.root, d.num_classes, split_fractions=fr) if d.val_split else None
+    test_ds = ManifestDataset(d.name, d.test_split, d.root, d.num_classes, split_fractions=fr) if d.test_split else None
     _check_selection_overlap(cfg, train_ds, val_ds)
+    splits = {k: v for k, v in [("train", train_ds), ("val", val_ds), ("test", test_ds)] if v is not None}
     num_classes, class_names = train_ds.num_classes, train_ds.class_names
     model = build_model(cfg, num_classes)
     task = build_task(cfg, model, num_classes, class_names=class_names).to(info.device)
@@ -172,14 +334,6 @@ def train(cfg: Config, resume: str = "") -> dict:
     census = {"task": parameter_census(task), "model": parameter_census(task.model)}
     if not census["task"]["trainable"]:
         raise ValueError(f"Nothing to train: model.trainable={cfg.model.trainable} froze every parameter.")
-    if info.is_main:
-        (run_dir / "census.json").write_text(json.dumps(census, indent=2))
-        if cfg.run.progress:
-            print(format_census(census["model"], "deployed model parameters"))
-            extra = census["task"]["total"] - census["model"]["total"]
-            if extra:
-                print(f"task extras (e.g. a frozen teacher): {extra:,} parameters, "
-                      f"{census['task']['trainable'] - census['model']['trainable']:,} trainable")
     train_loader = make_loader(cfg, train_ds, True, io.mean, io.std, info)
     val_loader = make_loader(cfg, val_ds, False, io.mean, io.std, info) if val_ds is not None else None
     steps_per_epoch = math.ceil(len(train_loader) / cfg.optim.accum_steps)
@@ -192,14 +346,29 @@ def train(cfg: Config, resume: str = "") -> dict:
         mixup = Mixup(mixup_alpha=cfg.optim.mixup, cutmix_alpha=cfg.optim.cutmix, prob=cfg.optim.mix_prob,
                       label_smoothing=cfg.optim.label_smoothing, num_classes=num_classes)
     ddp = DDP(task) if info.enabled else task
-    start_epoch, step, best = 0, 0, -1.0
-    if resume:
-        start_epoch, step, best = _resume(resume, task, optimizer, scheduler, scaler, ema)
-        if info.is_main:
+    start_epoch, step, best, prior_s = 0, 0, -1.0, 0.0
+    has_state = resume_dir is not None and (Path(resume).is_file() or (resume_dir / "last.safetensors").is_file())
+    if has_state:
+        start_epoch, step, best, saved_s = _resume(resume, task, optimizer, scheduler, scaler, ema)
+        prior_s = saved_s if saved_s is not None else _logged_time(resume_dir, start_epoch)
+    # Everything is built: the run starts, and only now its folder is created (or replaced).
+    run_dir = _open_run_dir(cfg, info, resume_dir, overwrite)
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "census.json").write_text(json.dumps(census, indent=2))
+        if resume_dir is not None:
             _truncate_logs(run_dir, start_epoch)
-            print(f"Resumed from {resume} at epoch {start_epoch} (step {step}).")
+            if start_epoch < cfg.optim.epochs:
+                (run_dir / "final.json").unlink(missing_ok=True)  # it describes a shorter run
+        start = (f"resumed at epoch {start_epoch}, step {step}, {prior_s:.0f} s trained" if has_state else
+                 "resumed: no checkpoint yet, starting at epoch 1" if resume_dir is not None else "new run")
+        print(_start_header(cfg, run_dir, info, start, splits, task, census), flush=True)
     logger = _Logger(run_dir, info.is_main, cfg.run.tensorboard)
     t_start = time.time()
+
+    def trained_s() -> float:  # over every session of this run
+        return prior_s + time.time() - t_start
+
     last_val: dict = {}
     epoch = start_epoch
     try:
@@ -218,19 +387,21 @@ def train(cfg: Config, resume: str = "") -> dict:
                                         progress=False, predict_fn=_predict_fn(task, ema))
                     last_val = acc.compute()
                     row.update({"val_top1": last_val["top1"], "val_loss": last_val["nll"]})
-            row["time_s"] = round(time.time() - t_start, 2)
+            row["time_s"] = round(trained_s(), 2)
             logger.log(row)
+            logger.plot_curves()
             if info.is_main:
                 meta = _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census)
-                _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta)
+                _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta,
+                      time_s=row["time_s"])
                 if cfg.run.selection == "best_val" and row.get("val_top1") is not None and last_val["top1"] > best:
                     best = last_val["top1"]
                     ckpt.save_weights(eval_model, run_dir / "best.safetensors", meta)
             barrier(info)
-            if cfg.run.progress and info.is_main:
+            if info.is_main:
                 print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                                 if v is not None))
-            if cfg.run.time_budget_s and time.time() - t_start > cfg.run.time_budget_s:
+                                 if v is not None), flush=True)
+            if cfg.run.time_budget_s and trained_s() > cfg.run.time_budget_s:
                 print(f"run.time_budget_s={cfg.run.time_budget_s} reached after epoch {epoch}.")
                 break
     except KeyboardInterrupt:
@@ -238,10 +409,13 @@ def train(cfg: Config, resume: str = "") -> dict:
             print(f"\nInterrupted in epoch {epoch}. The last complete checkpoint in {run_dir} is intact; "
                   f"continue with: fgir train --resume {run_dir}")
         raise
-    result = {"run_dir": str(run_dir), "epochs": epoch, "train_time_s": round(time.time() - t_start, 2),
+    result = {"run_dir": str(run_dir), "epochs": epoch, "train_time_s": round(trained_s(), 2),
               "params": census["model"]["total"], "params_trainable": census["model"]["trainable"]}
     if d.test_split:
-        result.update(final_evaluation(cfg, run_dir, info, io.mean, io.std, num_classes, class_names, task, ema))
+        # final_evaluation's bars follow run.progress: off unless stderr is a terminal
+        eval_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=_bars(cfg)))
+        result.update(final_evaluation(eval_cfg, run_dir, info, io.mean, io.std, num_classes, class_names, task,
+                                       ema))
     if info.is_main:
         (run_dir / "final.json").write_text(json.dumps(result, indent=2))
     return result
@@ -261,7 +435,7 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
     n_img, loss_sum, correct = 0, 0.0, 0.0
     parts: dict[str, float] = {}  # the task's loss components (loss_ce, loss_kd, loss_center, ...)
     t0 = time.time()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.optim.epochs}", disable=not (cfg.run.progress and info.is_main),
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.optim.epochs}", disable=not (_bars(cfg) and info.is_main),
                leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
@@ -310,11 +484,11 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
             "step": step}
 
 
-def _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta):
+def _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta, time_s=0.0):
     state = {"model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
              "ema": ema.module.state_dict() if ema is not None else None, "rng": ckpt.rng_state(),
-             "epoch": epoch, "step": step, "best": best}
+             "epoch": epoch, "step": step, "best": best, "time_s": float(time_s)}
     state_path = ckpt.save_training_state(run_dir, epoch, state)
     ckpt.save_weights(eval_model, run_dir / "last.safetensors", {**meta, "state_file": state_path.name})
     ckpt.prune_states(run_dir, state_path.name)
@@ -331,7 +505,9 @@ def _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census):
                                         "trainable": census["model"]["trainable"]})
 
 
-def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, int, float]:
+def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, int, float, float | None]:
+    """Load the training state; returns epoch, step, best and the training seconds so far (None for
+    states saved before they were kept)."""
     path = ckpt.resolve_checkpoint(Path(resume) / "last.safetensors" if Path(resume).is_dir() else resume)
     meta = ckpt.read_meta(path)
     state = ckpt.load_training_state(path.parent / meta["state_file"])
@@ -343,7 +519,9 @@ def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, 
     if ema is not None and state.get("ema"):
         ema.module.load_state_dict(state["ema"])
     ckpt.set_rng_state(state["rng"])
-    return int(state["epoch"]), int(state["step"]), float(state["best"])
+    saved_s = state.get("time_s")
+    return int(state["epoch"]), int(state["step"]), float(state["best"]), \
+        float(saved_s) if saved_s is not None else None
 
 
 def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, task, ema) -> dict:
@@ -353,14 +531,15 @@ def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, ta
     predict = _predict_fn(task, ema)
     if cfg.run.selection == "best_val" and (run_dir / "best.safetensors").exists():
         ckpt.load_weights_into(model, ckpt.read_tensors(run_dir / "best.safetensors"), "best.safetensors")
-    test_ds = ManifestDataset(d.name, d.test_split, d.root, d.num_classes)
+    test_ds = ManifestDataset(d.name, d.test_split, d.root, d.num_classes, split_fractions=d.split_fractions)
     loader = make_loader(cfg, test_ds, False, mean, std, info)
     acc = run_inference(model, loader, num_classes, class_names, info.device, progress=cfg.run.progress,
                         desc=f"test ({d.test_split})", predict_fn=predict)
     res = acc.compute()
     out: dict = {}
     if info.is_main:
-        summary = write_eval_outputs(run_dir, d.test_split, acc, res, class_names)
+        summary = write_eval_outputs(run_dir, d.test_split, acc, res, class_names,
+                                     image_paths=[str(test_ds.path(i)) for i in range(len(test_ds))])
         out = {f"{d.test_split}_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
         out["protocol"] = {"trained_on": d.train_split, "selected_on": d.val_split if cfg.run.selection == "best_val"
                            else "last_epoch", "reported_on": d.test_split}

@@ -53,4 +53,10 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         raise KeyError(f"Unknown model '{name}'.{hint} See `fgir list models`.")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if pretrained and name not in MODELS and "file" not in (kwargs.get("pretrained_cfg_overlay") or {}):
+        from .pretrained import pretrained_overlay  # the local cache first; fail at once when offline
+
+        extra = pretrained_overlay(name).get("pretrained_cfg_overlay")
+        if extra:
+            kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), **extra}
     return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -1,32 +1,70 @@
-"""Offline prediction from an fgir checkpoint: top-k class names for image files or folders."""
+"""Offline prediction from an fgir checkpoint: top-k class names for image files or folders.
+
+Prediction streams: :meth:`Predictor.iter_predict` takes any iterable of images (paths or PIL
+images), reads and decodes one batch at a time and yields one row per image, and
+:class:`PredictionWriter` writes rows as they come (``.csv``, ``.jsonl``; ``.json`` keeps the small
+rows until the end), so memory stays flat on folders of any size.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from ..data.datasets import read_image
+from ..data.datasets import ImageReadError, read_image
 from ..data.transforms import center_crop, load_resized, normalize, stored_size, to_model_size
 from ..engine.checkpoint import load_model
+from ..utils import atomic_path
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+OUTPUT_FORMATS = (".csv", ".json", ".jsonl")
 
 
-def list_images(path: str | os.PathLike) -> list[Path]:
+def list_images(path: str | os.PathLike, skipped: list[Path] | None = None) -> list[Path]:
+    """The image files under a folder (recursively, by extension, sorted), or ``[path]`` for a file.
+
+    Args:
+        path: an image file or a folder.
+        skipped: when given, files in the folder without an image extension (hidden files aside)
+            are appended to it.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or a folder holds no image files.
+    """
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        files, other = [], []
+        for f in sorted(p.rglob("*")):
+            if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+                continue
+            (files if f.suffix.lower() in IMAGE_EXTS else other).append(f)
+        if skipped is not None:
+            skipped.extend(other)
         if not files:
             raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_EXTS))}) under {p}.")
         return files
     if not p.is_file():
         raise FileNotFoundError(f"Image not found: {p}")
     return [p]
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``--out``: a file ending in ``.csv``, ``.json`` or ``.jsonl`` that is not a folder; checked
+    before any work. Raises ValueError otherwise."""
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", os.sep)):
+        raise ValueError(f"--out {path} is a folder; give a file name ending in {', '.join(OUTPUT_FORMATS)}, "
+                         f"e.g. {p / 'predictions.csv'}.")
+    if p.suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"--out {path}: unknown output format '{p.suffix or '(no extension)'}'; the extension picks "
+                         f"it: {', '.join(OUTPUT_FORMATS)}.")
+    return p
 
 
 class Predictor:
@@ -61,48 +99,186 @@ class Predictor:
         model = load_model(path, dev)
         return cls(model, model.fgir_meta, dev, inference)
 
-    def preprocess(self, images) -> torch.Tensor:
-        arrs = []
-        for im in images:
-            if isinstance(im, (str, os.PathLike)):
-                im = read_image(im)
-            if not isinstance(im, Image.Image):
-                raise TypeError(f"predict() takes image paths or PIL images, got {type(im).__name__}.")
-            arrs.append(torch.from_numpy(load_resized(im, self.stored)).permute(2, 0, 1))
+    def decode(self, image) -> torch.Tensor:
+        """One image (path or PIL image) -> its resized ``3 x S x S`` uint8 tensor.
+
+        Raises:
+            ImageReadError: a path that is not a readable image.
+            TypeError: anything else than a path or a PIL image.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"predict() takes image paths or PIL images, got {type(image).__name__}.")
+        return torch.from_numpy(load_resized(image, self.stored)).permute(2, 0, 1)
+
+    def _batch(self, arrs: list[torch.Tensor]) -> torch.Tensor:
         x = normalize(center_crop(torch.stack(arrs), self.img_size), self.mean, self.std)
         return to_model_size(x, self.model_img_size)
+
+    def preprocess(self, images) -> torch.Tensor:
+        return self._batch([self.decode(im) for im in images])
 
     @torch.no_grad()
     def logits(self, images) -> torch.Tensor:
         return self._forward(self.preprocess(images).to(self.device)).float().cpu()
 
-    def predict(self, images, topk: int = 5, batch_size: int = 32) -> list[dict]:
+    @torch.no_grad()
+    def iter_predict(self, images, topk: int = 5, batch_size: int = 32,
+                     on_error: Callable[[object, Exception], None] | None = None) -> Iterator[dict]:
+        """Stream predictions: consume ``images`` (any iterable, read lazily) ``batch_size`` at a
+        time, decode only that batch, yield one row per image in order.
+
+        Args:
+            images: paths or PIL images (a single one is accepted too).
+            topk: classes per row (at most the class count).
+            batch_size: images decoded and run together.
+            on_error: called with ``(image, ImageReadError)`` for an unreadable image, which is then
+                skipped; it may raise to stop. Without it an unreadable image raises.
+
+        Yields:
+            ``{"image": path or "<PIL image>", "topk": [{"class_id", "class_name", "prob"}, ...]}``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
-        images = list(images)
-        out: list[dict] = []
         k = min(topk, len(self.class_names))
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
-            probs = self.logits(chunk).softmax(-1)
+        if k < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}.")
+        it = iter(images)
+        while True:
+            names: list[str] = []
+            arrs: list[torch.Tensor] = []
+            for im in it:
+                try:
+                    arrs.append(self.decode(im))
+                except ImageReadError as e:
+                    if on_error is None:
+                        raise
+                    on_error(im, e)
+                    continue
+                names.append(str(im) if isinstance(im, (str, os.PathLike)) else "<PIL image>")
+                if len(arrs) == batch_size:
+                    break
+            if not arrs:
+                return
+            x = self._batch(arrs)
+            del arrs  # only the stacked batch stays alive while the model runs
+            probs = self._forward(x.to(self.device)).float().cpu().softmax(-1)
             p, idx = probs.topk(k, dim=-1)
-            for im, pr, ix in zip(chunk, p.tolist(), idx.tolist()):
-                out.append({"image": str(im) if isinstance(im, (str, os.PathLike)) else "<PIL image>",
-                            "topk": [{"class_id": c, "class_name": self.class_names[c], "prob": round(q, 6)}
-                                     for c, q in zip(ix, pr)]})
-        return out
+            for name, pr, ix in zip(names, p.tolist(), idx.tolist()):
+                yield {"image": name, "topk": [{"class_id": c, "class_name": self.class_names[c], "prob": round(q, 6)}
+                                               for c, q in zip(ix, pr)]}
+
+    def predict(self, images, topk: int = 5, batch_size: int = 32,
+                on_error: Callable[[object, Exception], None] | None = None) -> list[dict]:
+        """All rows of :meth:`iter_predict` as a list."""
+        return list(self.iter_predict(images, topk=topk, batch_size=batch_size, on_error=on_error))
 
 
-def write_predictions(rows: list[dict], path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if p.suffix == ".json":
-        p.write_text(json.dumps(rows, indent=2))
-    else:
-        k = max(len(r["topk"]) for r in rows)
-        with p.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["image"] + [f"{f}{i + 1}" for i in range(k) for f in ("class_name", "class_id", "prob")])
-            for r in rows:
-                w.writerow([r["image"]] + [v for t in r["topk"] for v in (t["class_name"], t["class_id"], t["prob"])])
-    return p
+class PredictionWriter:
+    """Write prediction rows to ``.csv`` / ``.jsonl`` as they come (``.json``: at close).
+
+    The file appears atomically when the writer closes without error; on an error nothing is
+    left behind. CSV columns: ``image`` (the path), then ``class_name<i>, class_id<i>, prob<i>``
+    for each of the ``topk`` ranks.
+
+    Example:
+        >>> with PredictionWriter("preds.csv", topk=5) as w:          # doctest: +SKIP
+        ...     for row in predictor.iter_predict(files):
+        ...         w.write(row)
+    """
+
+    def __init__(self, path: str | os.PathLike, topk: int):
+        self.path = check_output_path(path)
+        self.format = self.path.suffix.lower()
+        self.topk, self.count = topk, 0
+        self._rows: list[dict] = []
+
+    def __enter__(self) -> PredictionWriter:
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._fh = open(self._tmp, "x", newline="")
+        if self.format == ".csv":
+            self._csv = csv.writer(self._fh)
+            self._csv.writerow(["image"] + [f"{f}{i + 1}" for i in range(self.topk)
+                                            for f in ("class_name", "class_id", "prob")])
+        return self
+
+    def write(self, row: dict) -> None:
+        self.count += 1
+        if self.format == ".csv":
+            self._csv.writerow([row["image"]] + [v for t in row["topk"]
+                                                 for v in (t["class_name"], t["class_id"], t["prob"])])
+        elif self.format == ".jsonl":
+            self._fh.write(json.dumps(row) + "\n")
+        else:
+            self._rows.append(row)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None and self.format == ".json":
+                json.dump(self._rows, self._fh, indent=2)
+        finally:
+            self._fh.close()
+            self._ctx.__exit__(exc_type, exc, tb)
+        return False
+
+
+def write_predictions(rows: Iterable[dict], path: str | os.PathLike, topk: int = 0) -> Path:
+    """Write rows to ``path`` (format from the extension: ``.csv``, ``.json``, ``.jsonl``).
+    ``topk``: CSV rank columns (default: taken from the first row)."""
+    rows = iter(rows)
+    first = next(rows, None)
+    k = topk or (len(first["topk"]) if first else 0)
+    with PredictionWriter(path, k) as w:
+        if first is not None:
+            w.write(first)
+        for r in rows:
+            w.write(r)
+    return w.path
+
+
+def collect_images(sources, not_images: list[Path] | None = None) -> tuple[list, set[str]]:
+    """Expand image files, folders and PIL images into ``(items, named)``: ``named`` holds the
+    files given directly (an unreadable one is an error), the others were found in folders
+    (an unreadable one is skipped). Folder files without an image extension go to ``not_images``."""
+    if isinstance(sources, (str, os.PathLike, Image.Image)):
+        sources = [sources]
+    items: list = []
+    named: set[str] = set()
+    for src in sources:
+        if isinstance(src, Image.Image):
+            items.append(src)
+            continue
+        files = list_images(src, not_images)
+        if not Path(src).is_dir():
+            named.update(str(f) for f in files)
+        items.extend(files)
+    return items, named
+
+
+def skip_policy(named: set[str], on_skip: Callable[[Path, Exception], None] | None = None):
+    """The ``on_error`` of :meth:`Predictor.iter_predict` for :func:`collect_images` items: raise for
+    a named file or a PIL image, else report through ``on_skip`` (default: a warning) and skip."""
+    import warnings
+
+    def on_error(im, e):
+        if not isinstance(im, (str, os.PathLike)) or str(im) in named:
+            raise e
+        if on_skip is None:
+            warnings.warn(f"skipped unreadable image: {e}", stacklevel=2)
+        else:
+            on_skip(Path(im), e)
+
+    return on_error
+
+
+def predict_images(predictor: Predictor, sources, topk: int = 5, batch_size: int = 32,
+                   on_skip: Callable[[Path, Exception], None] | None = None) -> Iterator[dict]:
+    """Stream rows for image files, folders and PIL images (:func:`collect_images`,
+    :func:`skip_policy`)."""
+    items, named = collect_images(sources)
+    yield from predictor.iter_predict(items, topk=topk, batch_size=batch_size,
+                                      on_error=skip_policy(named, on_skip))
