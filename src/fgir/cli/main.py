@@ -176,7 +176,9 @@ def cmd_data(a) -> int:
     p = prepare_dataset(a.name, a.root, out=a.out or None, check_counts=not a.no_check_counts, refresh=a.refresh,
                         split_fractions=fractions)
     how = "prepared" if p.converted else "reused (pass --refresh to convert again)"
-    print(f"'{a.name}' from {p.source.absolute()}: manifest {how} in {p.manifest_dir}")
+    import os
+
+    print(f"'{a.name}' from {os.path.abspath(p.source)}: manifest {how} in {p.manifest_dir}")
     if p.split_fractions:
         print("  split carved per class with train/val/test fractions " + "/".join(f"{v:g}" for v in p.split_fractions))
     print(f"  {'classes':<10} {p.num_classes:>8}")

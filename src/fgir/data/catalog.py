@@ -86,8 +86,9 @@ def cache_home() -> Path:
 
 def cached_manifest_dir(name: str, root: str | os.PathLike) -> Path:
     """``<cache_home>/manifests/<name>-<hash of the absolute root>``: the one folder where a root
-    without a usable manifest is prepared (by ``fgir data prepare`` and by training alike)."""
-    digest = hashlib.sha1(str(Path(root).expanduser().absolute()).encode()).hexdigest()[:10]
+    without a usable manifest is prepared (by ``fgir data prepare`` and by training alike). The root
+    is normalised (``a/../b`` = ``b``), so every spelling of one folder finds the same manifest."""
+    digest = hashlib.sha1(os.path.abspath(Path(root).expanduser()).encode()).hexdigest()[:10]
     return cache_home() / "manifests" / f"{name}-{digest}"
 
 

@@ -241,7 +241,7 @@ def prepare_dataset(name: str, root: str | os.PathLike, *, out: str | os.PathLik
 def train_command(p: Prepared, *, root_given: str | os.PathLike = "", out_given: bool = False) -> str:
     """The ``fgir train`` line that trains on what :func:`prepare_dataset` made (a real command:
     with ``--out`` the manifest folder itself becomes the root)."""
-    root = p.manifest_dir if out_given else Path(root_given or p.source).expanduser().absolute()
+    root = p.manifest_dir if out_given else Path(os.path.abspath(Path(root_given or p.source).expanduser()))
     args = ["fgir", "train", f"data.name={p.name}", f"data.root={root}"]
     if p.split_fractions and tuple(p.split_fractions) != tuple(DEFAULT_SPLIT_FRACTIONS):
         args.append("data.split_fractions=" + ",".join(f"{v:g}" for v in p.split_fractions))
