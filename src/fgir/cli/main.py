@@ -244,6 +244,42 @@ def cmd_list(a) -> int:
     return 0
 
 
+def cmd_viz(a) -> int:
+    from ..engine.distributed import pick_device
+    from ..registry import VIZ
+    from ..report.viz import run_viz
+
+    opts = {k.lstrip("-").replace("-", "_"): getattr(a, k.lstrip("-").replace("-", "_"))
+            for k in VIZ.meta(a.kind)["options"]}
+    for path in run_viz(a.kind, a.checkpoint, a.image, out=a.out, device=str(pick_device(a.device)), **opts):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_viz(sub, argv: list[str]) -> None:
+    """``fgir viz KIND CKPT IMG``: one sub-command per registered visualisation (``fgir.registry.VIZ``).
+    Registering the kinds imports the plug-ins (torch), so the parser is only built when ``viz`` is
+    the command."""
+    s = sub.add_parser("viz", help="draw what a model looks at for one image (PNG): `fgir viz --help` lists kinds",
+                       add_help=True)
+    if argv[:1] != ["viz"]:
+        s.add_argument("rest", nargs=argparse.REMAINDER, help="KIND CKPT IMG [options]")
+        return
+    from ..registry import VIZ
+
+    vsub = s.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for name in VIZ.names():
+        meta = VIZ.meta(name)
+        v = vsub.add_parser(name, help=meta["help"])
+        v.add_argument("checkpoint", help="run folder or .safetensors checkpoint")
+        v.add_argument("image", help="image file")
+        v.add_argument("--out", default="", help="PNG to write (default: <image stem>_<kind>.png here)")
+        _add_device(v)
+        for flag, (tp, default, text) in meta["options"].items():
+            v.add_argument(flag, type=tp, default=default, help=text)
+        v.set_defaults(fn=cmd_viz)
+
+
 def cmd_config(a) -> int:
     import yaml
 
@@ -257,7 +293,7 @@ def cmd_config(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .. import __version__
 
     p = argparse.ArgumentParser(prog="fgir", description="Efficient fine-grained image recognition toolkit.")
@@ -375,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "('vit_*'), e.g. --filter soy")
     s.set_defaults(fn=cmd_list)
 
+    _add_viz(sub, list(sys.argv[1:] if argv is None else argv))
+
     s = sub.add_parser("config", help="print the resolved config (defaults < YAML < overrides)")
     s.add_argument("--config", "-c", action="append", help="YAML config (repeatable; later files win)")
     s.add_argument("--explain", action="store_true", help="list every key with its resolved value, where it came "
@@ -385,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.fn(args)
     except BrokenPipeError:  # `fgir ... | head`: the reader left; not an error of ours
