@@ -298,6 +298,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="fgir", description="Efficient fine-grained image recognition toolkit.")
     p.add_argument("--version", action="version", version=f"fgir {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (first argument only)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("demo", help="build the built-in font set, train a small model from scratch, evaluate")
@@ -422,8 +423,42 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler or `kill`) ends a command like Ctrl-C: the train loop keeps its last
+    complete checkpoint and prints the resume hint, and fgir exits 130 without a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        pass
+
+
+def _error_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(str(msg).split()) or type(e).__name__
+    known = (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError)
+    if not isinstance(e, known):  # an error we did not anticipate: say what it was
+        msg = f"{type(e).__name__}: {msg}"
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure ends as one line ``fgir: error: ...`` with exit status 2
+    (``--debug`` before the command shows the traceback instead); Ctrl-C and SIGTERM exit 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[:1]
+    if debug:
+        argv = argv[1:]
     args = build_parser(argv).parse_args(argv)
+    _sigterm_as_interrupt()
     try:
         return args.fn(args)
     except BrokenPipeError:  # `fgir ... | head`: the reader left; not an error of ours
@@ -431,9 +466,15 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"fgir: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("fgir: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (the one error path of the CLI)
+        if debug:
+            raise
+        print(f"fgir: error: {_error_line(e)}", file=sys.stderr)
+        if not isinstance(e, (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError)):
+            print("fgir: run `fgir --debug ...` for the traceback", file=sys.stderr)
         return 2
 
 

@@ -14,7 +14,17 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from .catalog import cache_home, get_spec
-from .manifest import ManifestError, Row, check_rows, read_class_table, read_split, split_path
+from .manifest import (
+    ManifestError,
+    Row,
+    check_paths,
+    check_rows,
+    duplicate_rows,
+    read_class_table,
+    read_manifest_info,
+    read_split,
+    split_path,
+)
 from .resolve import resolve_root
 from .transforms import load_resized
 
@@ -55,6 +65,10 @@ class ManifestDataset(torch.utils.data.Dataset):
                                 f"{len(self.class_names)} classes.")
         self.num_classes = len(self.class_names)
         check_rows(self.rows, self.num_classes, str(path))
+        info = read_manifest_info(self.manifest_dir)
+        if info.get("layout") != "csv":  # a user's own CSV list may name files anywhere, by design
+            check_paths(self.rows, self.image_root, str(path))
+        _warn_duplicates_and_leaks(self.rows, path, split)
         if check_files:
             missing = [r.dir for r in self.rows if not (Path(self.image_root) / r.dir).is_file()]
             if missing:
@@ -78,18 +92,70 @@ class ManifestDataset(torch.utils.data.Dataset):
         return img, int(self.labels[i])
 
 
+class SplitLeakWarning(UserWarning):
+    """A split lists an image twice, or a training split shares images with test."""
+
+
+def _warn_duplicates_and_leaks(rows: list[Row], path: Path, split: str) -> None:
+    """Reported on every load (not only by `fgir data prepare`): duplicated rows of one split, and
+    images of a training split (train / val / train_val) that are also listed in test."""
+    import warnings
+
+    dups = duplicate_rows(rows)
+    if dups:
+        warnings.warn(f"{path}: {len(dups)} image(s) listed more than once (e.g. {dups[:3]}).",
+                      SplitLeakWarning, stacklevel=3)
+    test = path.with_name("test.csv")
+    if split != "test" and test.is_file() and test != path:
+        try:
+            test_dirs = {os.path.normpath(r.dir) for r in read_split(test)}
+        except ManifestError:
+            return
+        shared = sorted({os.path.normpath(r.dir) for r in rows} & test_dirs)
+        if shared:
+            warnings.warn(f"{path}: {len(shared)} image(s) of split '{split}' are also in test.csv (e.g. "
+                          f"{shared[:3]}): test accuracy would be measured on training images.",
+                          SplitLeakWarning, stacklevel=3)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: EXIF orientation applied, transparency composited on white,
+    16/32-bit greyscale (``I;16``, ``I``, ``F``) scaled from its value range instead of clipped
+    (a 16-bit PNG would otherwise load as all white), CMYK/YCbCr/LAB converted."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16"):
+            top = 65535.0
+        elif im.mode == "I":
+            top = 65535.0 if a.max(initial=0) > 255 else 255.0
+        else:  # float images: 0..1 if they look normalised, else their own maximum
+            top = 1.0 if a.max(initial=0) <= 1.0 else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "P", "PA", "La", "RGBa") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB; unreadable or truncated files raise ``ImageReadError`` naming the file."""
+    """Open an image as RGB (:func:`to_rgb`); unreadable, truncated or decompression-bomb files
+    raise ``ImageReadError`` naming the file (``data.skip_bad`` skips and counts them)."""
+    import warnings
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"Cannot read image {path}: {e}") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"Cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
 def create_dataset(name: str, split: str = "train", root: str = "", **kwargs) -> ManifestDataset:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SPLIT_HEADER = ["class_id", "dir"]
@@ -31,6 +31,8 @@ class ManifestError(ValueError):
 class Row:
     class_id: int
     dir: str
+    line: int = field(default=0, compare=False, repr=False)
+    """Line of the CSV the row was read from (0 = not read from a file); for error messages."""
 
 
 def split_path(root: str | os.PathLike, split: str) -> Path:
@@ -73,21 +75,66 @@ def read_split(path: str | os.PathLike) -> list[Row]:
     if not p.is_file():
         raise ManifestError(f"Split file not found: {p}")
     rows: list[Row] = []
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        for i, rec in enumerate(reader, start=1):
-            if not rec or all(not c.strip() for c in rec):
-                continue
-            if i == 1 and [c.strip() for c in rec[:2]] == SPLIT_HEADER:
-                continue
-            if len(rec) < 2:
-                raise ManifestError(f"{p}:{i}: expected 'class_id,dir', got {rec!r}.")
-            try:
-                cid = int(rec[0])
-            except ValueError as e:
-                raise ManifestError(f"{p}:{i}: class_id must be an integer, got {rec[0]!r}.") from e
-            rows.append(Row(cid, rec[1]))
+    for i, rec in _csv_records(p):
+        if not rec or all(not c.strip() for c in rec):
+            continue
+        if i == 1 and [c.strip() for c in rec[:2]] == SPLIT_HEADER:
+            continue
+        if len(rec) < 2:
+            raise ManifestError(f"{p}:{i}: expected 'class_id,dir', got {rec!r}.")
+        try:
+            cid = int(rec[0])
+        except ValueError as e:
+            raise ManifestError(f"{p}:{i}: class_id must be an integer, got {rec[0]!r}.") from e
+        rows.append(Row(cid, rec[1], i))
     return rows
+
+
+def _csv_records(p: Path):
+    """``(line, fields)`` of a CSV as spreadsheets write them: a UTF-8 BOM and CRLF line ends are
+    accepted; bytes that are not UTF-8 name the file and line; oversized fields are an error
+    naming the line instead of csv's bare ``field larger than field limit``."""
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ManifestError(f"{p}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as "
+                            "UTF-8 (spreadsheets: 'CSV UTF-8').") from e
+    reader = csv.reader(text.splitlines())
+    try:
+        for rec in reader:
+            yield reader.line_num, rec
+    except csv.Error as e:
+        raise ManifestError(f"{p}:{reader.line_num}: malformed CSV: {e}.") from e
+
+
+def check_paths(rows: list[Row], image_root: str | os.PathLike, where: str) -> None:
+    """Every ``dir`` must stay inside ``image_root``: a row with ``..`` or an absolute path that
+    resolves outside it is refused with ``file:line`` (a manifest must not open arbitrary files)."""
+    root = os.path.abspath(image_root)
+    for r in rows:
+        d = r.dir
+        if not d:
+            raise ManifestError(f"{where}:{r.line}: empty image path.")
+        if not (os.path.isabs(d) or ".." in Path(d).parts or d.startswith("~")):
+            continue
+        full = os.path.abspath(os.path.join(root, d))
+        if os.path.commonpath([root, full]) != root:
+            raise ManifestError(f"{where}:{r.line}: image path {d!r} points outside the image root {root}; "
+                                "paths must be relative to it, without '..'.")
+
+
+def duplicate_rows(rows: list[Row]) -> list[str]:
+    """Image paths listed more than once in one split (normalised), in first-seen order."""
+    seen: set[str] = set()
+    dups: list[str] = []
+    for r in rows:
+        k = os.path.normpath(r.dir)
+        if k in seen and k not in dups:
+            dups.append(k)
+        seen.add(k)
+    return dups
 
 
 def write_split(path: str | os.PathLike, rows: list[Row] | list[tuple[int, str]]) -> None:
