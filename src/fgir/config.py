@@ -76,6 +76,8 @@ class ModelConfig:
     """Which parameters train, applied after the plug-ins: presets all / head / plugins / backbone / none, or glob patterns over parameter names ('blocks.11.*'); a leading '!' removes matches."""
     inference: str = "default"
     """Inference variant for validation, test, eval and predict: default, or one a plug-in adds (cal: tta)."""
+    save: str = "full"
+    """What last/best.safetensors hold: full (every tensor) or trainable (trained parameters + buffers and a fingerprint of the frozen backbone; loading merges them onto model.checkpoint or the pretrained weights)."""
 
 
 @dataclass
@@ -144,6 +146,10 @@ class OptimConfig:
     """Warm-up length in steps; overrides warmup_epochs when > 0 (reference engine: 500)."""
     warmup_lr: float = 1e-6
     """Learning rate at the start of warm-up."""
+    sched_unit: str = "step"
+    """When the schedule moves: step (every optimizer step) or epoch (held for a whole epoch, as timm's per-epoch CosineLRScheduler; CLCA recipe)."""
+    cooldown_epochs: int = 0
+    """Epochs at min_lr after the cosine (its length is epochs - cooldown_epochs); CLCA recipe: 5 of 50."""
     min_lr: float = 1e-5
     """Floor of the cosine/step schedule."""
     label_smoothing: float = 0.1
@@ -214,6 +220,10 @@ class Config:
                               "'..', no surrounding spaces); put the parent folder in run.output_dir.")
         _check_choice("optim.amp", self.optim.amp, ["none", "bf16", "fp16"])
         _check_choice("optim.sched", self.optim.sched, ["cosine", "step", "constant"])
+        _check_choice("optim.sched_unit", self.optim.sched_unit, ["step", "epoch"])
+        if self.optim.cooldown_epochs >= self.optim.epochs:
+            raise ConfigError(f"optim.cooldown_epochs={self.optim.cooldown_epochs} must be < optim.epochs="
+                              f"{self.optim.epochs}.")
         _check_choice("data.train_crop", self.data.train_crop, ["random", "rrc"])
         d = self.data
         if self.run.selection == "best_val" and not d.val_split:
@@ -247,10 +257,121 @@ class Config:
         for t in self.model.trainable:
             if not isinstance(t, str) or not t.strip("!"):
                 raise ConfigError(f"model.trainable entries are presets or glob patterns (strings), got {t!r}.")
+        _check_rules(self)
+        _check_mean_std(d)
+        if self.optim.warmup_lr > self.optim.lr or self.optim.min_lr > self.optim.lr:
+            raise ConfigError(f"optim.warmup_lr={self.optim.warmup_lr:g} and optim.min_lr={self.optim.min_lr:g} must "
+                              f"not exceed optim.lr={self.optim.lr:g}.")
         for i, p in enumerate(self.model.plugins):
             p.validate(self, f"model.plugins[{i}]")
         self.task.validate(self)
         return self
+
+
+_INF = float("inf")
+FIELD_RULES: dict[str, tuple] = {
+    # key: ("range", lo, hi, lo_inclusive, hi_inclusive) | ("choice", [...]) | ("pattern", regex, what)
+    #      | ("checked", where the value is checked)
+    "model.name": ("pattern", r"\S+", "a registered fgir or timm model name"),
+    "model.checkpoint": ("checked", "the file is read when the model is built (missing: one-line error)"),
+    "model.img_size": ("range", 0, _INF, True, False),
+    "model.drop_rate": ("range", 0, 1, True, False),
+    "model.drop_path_rate": ("range", 0, 1, True, False),
+    "model.save": ("choice", ["full", "trainable"]),
+    "model.kwargs": ("checked", "the builder's signature when the model is built (unknown key: one-line error)"),
+    "model.plugins": ("checked", "each entry's own config dataclass and validate()"),
+    "model.trainable": ("checked", "presets or glob patterns, Config.validate and apply_trainable"),
+    "model.inference": ("pattern", r"[A-Za-z0-9_\-]+", "default or a variant name a plug-in adds"),
+    "data.name": ("checked", "the dataset registry (close matches suggested)"),
+    "data.root": ("checked", "when the dataset resolves (missing or unusable root: one-line error)"),
+    "data.train_split": ("pattern", r"[A-Za-z0-9_\-]+", "a split name (train, train_val, ...)"),
+    "data.val_split": ("pattern", r"[A-Za-z0-9_\-]*", "a split name or empty"),
+    "data.test_split": ("pattern", r"[A-Za-z0-9_\-]*", "a split name or empty"),
+    "data.img_size": ("range", 1, 8192, True, True),
+    "data.resize_ratio": ("range", 1.0, 4.0, True, True),
+    "data.train_crop": ("choice", ["random", "rrc"]),
+    "data.auto_augment": ("pattern", r"|trivial|ta|trivialaugment|augmix|rand(-(m\d+|n\d+|mstd[\d.]+|inc[01]))*",
+                          "'', 'trivial', 'augmix' or timm-style 'rand-m9-n2'"),
+    "data.aug_group": ("range", 1, _INF, True, False),
+    "data.random_erasing": ("range", 0, 1, True, True),
+    "data.mean": ("checked", "empty or three numbers (Config.validate)"),
+    "data.std": ("checked", "empty or three numbers > 0 (Config.validate)"),
+    "data.cache_dir": ("checked", "created when the cache is written"),
+    "data.num_workers": ("range", 0, 256, True, True),
+    "data.num_classes": ("range", 0, _INF, True, False),
+    "data.split_fractions": ("checked", "three fractions summing to 1 (Config.validate)"),
+    "optim.opt": ("pattern", r"[A-Za-z0-9_\-]+", "a timm optimizer name (checked when it is built)"),
+    "optim.lr": ("range", 0, _INF, False, False),
+    "optim.weight_decay": ("range", 0, _INF, True, False),
+    "optim.momentum": ("range", 0, 1, True, False),
+    "optim.batch_size": ("range", 1, _INF, True, False),
+    "optim.epochs": ("range", 1, _INF, True, False),
+    "optim.sched": ("choice", ["cosine", "step", "constant"]),
+    "optim.warmup_epochs": ("range", 0, _INF, True, False),
+    "optim.warmup_steps": ("range", 0, _INF, True, False),
+    "optim.warmup_lr": ("range", 0, _INF, True, False),
+    "optim.sched_unit": ("choice", ["step", "epoch"]),
+    "optim.cooldown_epochs": ("range", 0, _INF, True, False),
+    "optim.min_lr": ("range", 0, _INF, True, False),
+    "optim.label_smoothing": ("range", 0, 1, True, False),
+    "optim.mixup": ("range", 0, _INF, True, False),
+    "optim.cutmix": ("range", 0, _INF, True, False),
+    "optim.mix_prob": ("range", 0, 1, True, True),
+    "optim.clip_grad": ("range", 0, _INF, True, False),
+    "optim.accum_steps": ("range", 1, _INF, True, False),
+    "optim.amp": ("choice", ["none", "bf16", "fp16"]),
+    "optim.ema_decay": ("range", 0, 1, False, False),
+    "run.output_dir": ("pattern", r".+", "a folder"),
+    "run.name": ("checked", "a plain folder name (Config.validate)"),
+    "run.seed": ("range", 0, 2**32 - 1, True, True),
+    "run.selection": ("choice", ["last", "best_val"]),
+    "run.eval_every": ("range", 1, _INF, True, False),
+    "run.threads": ("range", 0, 1024, True, True),
+    "run.max_steps_per_epoch": ("range", 0, _INF, True, False),
+    "run.time_budget_s": ("range", 0, _INF, True, False),
+    "run.device": ("pattern", r"auto|cpu|cuda|cuda:\d+|mps", "auto, cpu, cuda or cuda:N"),
+}
+"""What every core config field accepts, checked when the config loads (booleans are checked by
+their type; plug-in and task fields by their own dataclass's ``validate``). A test enumerates the
+schema: every non-boolean field has a rule, and an invalid value of each is refused naming the key."""
+
+
+def _check_rules(cfg: Config) -> None:
+    import math
+    import re
+
+    for key, rule in FIELD_RULES.items():
+        section, name = key.split(".", 1)
+        value = getattr(getattr(cfg, section), name)
+        kind = rule[0]
+        if kind == "range":
+            lo, hi, lo_in, hi_in = rule[1:]
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi))
+            if not ok:
+                lb, hb = "[" if lo_in else "(", "]" if hi_in else ")"
+                hs = "inf" if hi == _INF else f"{hi:g}"
+                raise ConfigError(f"{key}={value!r} is out of range; expected a value in {lb}{lo:g}, {hs}{hb}.")
+        elif kind == "choice":
+            _check_choice(key, value, rule[1])
+        elif kind == "pattern" and not re.fullmatch(rule[1], str(value)):
+            raise ConfigError(f"{key}={value!r} is not allowed; expected {rule[2]}.")
+
+
+def _check_mean_std(d: DataConfig) -> None:
+    for key, vals, positive in (("data.mean", d.mean, False), ("data.std", d.std, True)):
+        if not vals:
+            continue
+        try:
+            nums = [float(v) for v in vals]
+        except (TypeError, ValueError):
+            nums = []
+        if len(nums) != 3 or (positive and min(nums) <= 0) or any(n != n for n in nums):
+            raise ConfigError(f"{key}={vals!r} is not allowed; expected three numbers (R, G, B)"
+                              + (" > 0" if positive else "") + ", or [] for the model's own.")
+        setattr(d, key.split(".")[1], nums)
+    if bool(d.mean) != bool(d.std):
+        raise ConfigError("data.mean and data.std go together: set both (three numbers each) or neither.")
 
 
 def _check_split_fractions(value: Any) -> list[float]:
