@@ -167,9 +167,63 @@ def create_dataset(name: str, split: str = "train", root: str = "", **kwargs) ->
 def _cache_key(ds: ManifestDataset, size: int) -> str:
     h = hashlib.sha1()
     h.update(f"v{CACHE_VERSION}|{size}|{Path(ds.image_root).resolve()}|".encode())
-    for r in ds.rows:
-        h.update(f"{r.class_id},{r.dir}\n".encode())
+    for i, r in enumerate(ds.rows):
+        try:  # an image replaced in place (same name) changes its size or mtime: a new cache
+            st = os.stat(ds.path(i))
+            stamp = f"{st.st_size},{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{r.class_id},{r.dir},{stamp}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _remove_stale_tmp(arr_path: Path) -> None:
+    """Partial cache files of killed runs (``<name>.tmp<pid>``) whose process is gone."""
+    for t in arr_path.parent.glob(arr_path.name + ".tmp*"):
+        pid = t.name.rsplit(".tmp", 1)[-1]
+        alive = False
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                alive = int(pid) != os.getpid()
+            except OSError:
+                alive = False
+        if not alive:
+            t.unlink(missing_ok=True)
+
+
+def _load_cached(arr_path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array, or None (with a message) when the file is truncated or of another shape."""
+    try:
+        arr = np.load(arr_path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        print(f"fgir: decoded cache {arr_path} is unreadable ({e}); rebuilding it.", flush=True)
+        return None
+    if arr.shape != shape or arr.dtype != np.uint8:
+        print(f"fgir: decoded cache {arr_path} has shape {arr.shape}, expected {shape}; rebuilding it.",
+              flush=True)
+        return None
+    return arr
+
+
+def _preallocate(path: Path, nbytes: int) -> None:
+    """Reserve the cache file's blocks up front so a full disk is a clean error, not a SIGBUS on
+    a memory-mapped write halfway through."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"not enough disk space for the decoded image cache ({nbytes / 2**30:.2f} GiB "
+                                   f"in {path.parent}); free space, set data.cache_dir to another disk, or "
+                                   "data.cache=false to decode on the fly") from e
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise
+    finally:
+        os.close(fd)
 
 
 def decoded_cache(ds: ManifestDataset, size: int, cache_dir: str = "", skip_bad: bool = False,
@@ -181,14 +235,27 @@ def decoded_cache(ds: ManifestDataset, size: int, cache_dir: str = "", skip_bad:
     key = _cache_key(ds, size)
     arr_path = base / f"{ds.name}-{ds.split}-{size}-{key}.npy"
     meta_path = arr_path.with_suffix(".json")
+    shape = (len(ds), size, size, 3)
+    _remove_stale_tmp(arr_path)
     if arr_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        bad = meta.get("bad", [])
-        _check_bad(bad, ds, skip_bad)
-        keep = np.array([i for i in range(len(ds)) if i not in set(bad)], dtype=np.int64)
-        return np.load(arr_path, mmap_mode="r"), keep
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, OSError):
+            meta = None
+        cached = _load_cached(arr_path, shape) if isinstance(meta, dict) else None
+        if cached is not None:
+            bad = meta.get("bad", [])
+            _check_bad(bad, ds, skip_bad)
+            keep = np.array([i for i in range(len(ds)) if i not in set(bad)], dtype=np.int64)
+            return cached, keep
     tmp = arr_path.with_name(arr_path.name + f".tmp{os.getpid()}")
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ds), size, size, 3))
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        _preallocate(tmp, arr.offset + arr.nbytes)
+    except OSError:
+        del arr
+        tmp.unlink(missing_ok=True)
+        raise
     bad: list[int] = []
     prev = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
