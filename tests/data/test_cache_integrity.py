@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import _register_tiny, make_tiny_dataset
 from PIL import Image
 
 from fgir.data.datasets import ManifestDataset, decoded_cache
-from conftest import _register_tiny, make_tiny_dataset
 
 
 @pytest.fixture

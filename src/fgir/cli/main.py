@@ -124,6 +124,40 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from ..export.card import command_line
+    from ..export.onnx import export_onnx
+
+    res = export_onnx(a.checkpoint, a.out, img_size=a.img_size, dynamic_batch=a.dynamic_batch, opset=a.opset,
+                      atol=a.atol, batch_size=a.batch_size, seed=a.seed, images=a.images or None,
+                      inference=a.inference, exporter=a.exporter, card=not a.no_card,
+                      command=command_line(f"fgir export {a.checkpoint} --format {a.format}"))
+    print(f"wrote {res.path} ({a.format}, opset {res.opset}, {res.exporter} exporter, variant {res.variant}, "
+          f"{res.img_size} px, {'dynamic' if res.dynamic_batch else 'fixed'} batch)")
+    print(f"parity: max |onnx - torch| = {res.max_abs_diff:.3g} <= atol {res.atol:g} on batch "
+          f"{'/'.join(str(b) for b in res.batch_sizes)} (onnxruntime CPU vs PyTorch eager)")
+    if res.card:
+        print(f"model card: {res.card}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res.to_dict(), indent=2))
+    return 0
+
+
+def cmd_push(a) -> int:
+    from ..export.card import command_line
+    from ..export.hub import push_to_hub
+
+    where = push_to_hub(a.checkpoint, a.repo_id, private=a.private, local_dir=a.local_dir,
+                        command=command_line(f"fgir push {a.checkpoint} {a.repo_id}"))
+    if a.local_dir:
+        print(f"wrote the hub repository for {a.repo_id} to {where} (model.safetensors, config.json, README.md); "
+              f"upload it with `hf upload {a.repo_id} {where}`")
+    else:
+        print(f"pushed {a.checkpoint} to {where}")
+    print(f"load it with: model.name=hf-hub:{a.repo_id} model.pretrained=true")
+    return 0
+
+
 def _plugin_list(text: str) -> list:
     """``--plugins``: YAML (``[{name: cal, num_maps: 16}]``) or comma-separated names (``cal``)."""
     import yaml
@@ -158,6 +192,11 @@ def cmd_cost(a) -> int:
         plug = f"+{'+'.join(r['plugins'])}" if r["plugins"] else ""
         print(f"{r['model'] + plug:<40} {r['img_size']:>5}px  params {r['params']:>13,}  trainable "
               f"{r['params_trainable']:>13,}  {r['gmacs']:>9.4f} GMACs{speed}")
+        if "ttp_ufgir5" in r:
+            print(f"{'':<40} trainable non-head {r['params_trainable_non_head']:,} + head "
+                  f"{r['head_per_class']:,}/class; "
+                  f"TTP over the 5 UFGIR tasks (3,526 classes) {r['ttp_ufgir5']:,}, paper convention "
+                  f"(C_eff 2,257) {r['ttp_ufgir5_paper']:,}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -342,7 +381,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        description="Top-k predictions for image files and folders (recursive), streamed in batches. "
                        "In folders, unreadable images are reported and skipped; a file named directly must be "
                        "readable.")
-    s.add_argument("checkpoint", help="run folder or .safetensors checkpoint")
+    s.add_argument("checkpoint", help="run folder, .safetensors checkpoint or .onnx model (from `fgir export`)")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.add_argument("--topk", type=int, default=5, help="classes listed per image (default: 5)")
     s.add_argument("--batch-size", type=int, default=32, help="images decoded and run together (default: 32)")
@@ -352,6 +391,43 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--inference", default="", help="inference variant (default, or e.g. tta for CAL)")
     _add_device(s)
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("export", help="export a checkpoint's deployed model (ONNX) and check it against PyTorch",
+                       description="Export the deployed model of an fgir checkpoint (through a plug-in's export form "
+                       "when it declares one), embed class names, mean/std, input size and the fgir version in the "
+                       "file, run it in onnxruntime on a seeded batch and compare with PyTorch: exits 2 when the "
+                       "largest absolute difference of the logits exceeds --atol. Writes a model card next to it.")
+    s.add_argument("checkpoint", help="run folder or .safetensors checkpoint")
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    s.add_argument("--out", default="", help="file to write (default: <checkpoint stem>.onnx beside the checkpoint)")
+    s.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension (default: fixed at "
+                   "--batch-size)")
+    s.add_argument("--img-size", type=int, default=0, help="input size of the graph (default: the model's input size)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    s.add_argument("--atol", type=float, default=1e-4, help="largest allowed |onnx - torch| of the logits "
+                   "(default: 1e-4, fp32)")
+    s.add_argument("--batch-size", type=int, default=2, help="images in the parity batch (default: 2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random parity batch (default: 0)")
+    s.add_argument("--images", nargs="*", default=[], help="image files or folders for the parity batch instead of "
+                   "random inputs")
+    s.add_argument("--inference", default="", help="inference variant to export (default: the run's "
+                   "model.inference; a plug-in's export form for default)")
+    s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
+                   help="torch.onnx exporter: auto = TorchScript-based when available, else dynamo (needs onnxscript)")
+    s.add_argument("--no-card", action="store_true", help="do not write the model card (<out stem>.md)")
+    s.add_argument("--json", default="", help="also write the export report to this JSON file")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("push", help="publish a checkpoint on the Hugging Face hub (timm hf-hub: layout + model card)",
+                       description="Write model.safetensors, config.json (architecture, num_classes, label_names, "
+                       "model_args, pretrained_cfg with mean/std/input_size) and README.md (the model card), then "
+                       "upload them to REPO_ID; with --local-dir only write the folder. Load the model with "
+                       "model.name=hf-hub:REPO_ID model.pretrained=true.")
+    s.add_argument("checkpoint", help="run folder or .safetensors checkpoint")
+    s.add_argument("repo_id", help="hub repository OWNER/NAME")
+    s.add_argument("--private", action="store_true", help="create the repository as private")
+    s.add_argument("--local-dir", default="", help="write the repository folder here instead of uploading")
+    s.set_defaults(fn=cmd_push)
 
     s = sub.add_parser("cost", help="parameters (total/trainable) and GMACs (torchprofile conventions)")
     s.add_argument("models", nargs="+", help="model names (fgir or timm; `fgir list models`)")

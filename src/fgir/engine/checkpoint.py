@@ -109,11 +109,18 @@ def set_rng_state(st: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- weights
-def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
-    """Write the model's state dict and ``meta`` (JSON) atomically to a .safetensors file."""
+def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict, only: dict | None = None) -> Path:
+    """Write the model's state dict and ``meta`` (JSON) atomically to a .safetensors file.
+
+    ``only`` (from :func:`trainable_spec`, for ``model.save=trainable``) keeps just its ``keys`` and
+    records its ``meta`` (backbone identity) under ``meta["adapter_only"]``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v for k, v in model.state_dict().items()}
+    if only is not None:
+        keep = set(only["keys"])
+        sd = {k: v for k, v in sd.items() if k in keep}
+        meta = {**meta, "adapter_only": only["meta"]}
     # safetensors refuses shared storage: clone tensors that alias another entry
     seen: dict[int, str] = {}
     for k, v in list(sd.items()):
@@ -196,11 +203,26 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def build_from_meta(meta: dict) -> tuple[nn.Module, Config]:
-    """Rebuild the deployable model of a checkpoint (no pretrained download, no initialisation)."""
+def build_from_meta(meta: dict, backbone: str | None = None, where: str = "checkpoint") -> tuple[nn.Module, Config]:
+    """Rebuild the deployable model of a checkpoint (no pretrained download, no initialisation).
+
+    An adapter-only checkpoint (``meta["adapter_only"]``) is rebuilt *with* its frozen backbone: the
+    recorded source checkpoint (or ``backbone``, a path to use instead) or the pretrained weights."""
     from .build import build_model
 
     cfg = config_from_dict(meta["config"])
+    info = meta.get("adapter_only")
+    if info:
+        src = backbone or (info.get("checkpoint") or {}).get("path", "")
+        if src and not Path(src).exists():
+            raise CheckpointError(f"{where} holds only the trained tensors; its frozen backbone {src} is missing "
+                                  "(restore that file or run folder, or pass backbone=PATH to load_model).")
+        cfg.model.checkpoint = src
+        cfg.model.pretrained = bool(info.get("pretrained")) and not src
+        img = int(meta.get("model_img_size") or meta["img_size"])
+        if not cfg.model.img_size and img != cfg.data.img_size:
+            cfg.model.img_size = img
+        return build_model(cfg, meta["num_classes"]), cfg
     cfg.model.pretrained = False
     cfg.model.checkpoint = ""
     img = int(meta.get("model_img_size") or meta["img_size"])
@@ -209,14 +231,19 @@ def build_from_meta(meta: dict) -> tuple[nn.Module, Config]:
     return build_model(cfg, meta["num_classes"]), cfg
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, device: str = "cpu", backbone: str | None = None) -> nn.Module:
     """Rebuild the deployable model from a checkpoint's embedded config and load its weights.
 
+    Adapter-only checkpoints (``model.save=trainable``) are merged onto their frozen backbone
+    (``backbone`` overrides the recorded source path), which must match the recorded fingerprint.
     The returned module carries ``fgir_meta`` (class names, config, metrics, normalisation)."""
     p = resolve_checkpoint(path)
     meta = read_meta(p)
-    model, _ = build_from_meta(meta)
-    load_weights_into(model, read_tensors(p), where=str(p))
+    model, _ = build_from_meta(meta, backbone=backbone, where=str(p))
+    if meta.get("adapter_only"):
+        merge_trainable(model, read_tensors(p), meta["adapter_only"], where=str(p))
+    else:
+        load_weights_into(model, read_tensors(p), where=str(p))
     model.fgir_meta = meta
     return model.to(device).eval()
 
@@ -248,6 +275,13 @@ def init_from_checkpoint(model: nn.Module, path: str, num_classes: int, strict: 
     if p.is_dir() or p.suffix == ".safetensors":
         p = resolve_checkpoint(p)
         sd = read_tensors(p)
+        info = read_meta(p).get("adapter_only")
+        if info:  # continue an adapter-only run: its backbone first, then its trained tensors
+            src = (info.get("checkpoint") or {}).get("path", "")
+            if src:
+                init_from_checkpoint(model, src, num_classes, strict=False)
+            merge_trainable(model, sd, info, where=f"model.checkpoint={path}")
+            return []
     else:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and "state_dict" in sd:
@@ -292,6 +326,76 @@ def _head_keys(model: nn.Module) -> set[str]:
     ids = {id(t) for t in list(clf.parameters()) + list(clf.buffers())}
     named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     return {k for k, t in named.items() if id(t) in ids}
+
+
+# ----------------------------------------------------------------------------- adapter-only checkpoints
+def trainable_keys(model: nn.Module) -> list[str]:
+    """State-dict keys a ``model.save=trainable`` checkpoint holds: every trainable parameter and every
+    buffer (BatchNorm statistics change in ``train()`` even when their module is frozen)."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return [k for k in model.state_dict() if k in keep]
+
+
+def backbone_fingerprint(model: nn.Module, exclude: set[str] | list[str]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the state-dict tensors not in ``exclude``
+    (the frozen backbone of an adapter-only checkpoint)."""
+    import hashlib
+
+    skip = set(exclude)
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if k in skip:
+            continue
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}|{t.dtype}|{tuple(v.shape)}|".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def trainable_spec(cfg: Config, model: nn.Module) -> dict | None:
+    """What :func:`save_weights` keeps for ``cfg.model.save`` (None for ``full``): the trainable keys and
+    the backbone identity (model name, pretrained flag, source checkpoint path and file hash, and
+    the fingerprint of the frozen tensors). Compute it once per run: the frozen part never changes."""
+    if getattr(cfg.model, "save", "full") != "trainable":
+        return None
+    keys = trainable_keys(model)
+    source: dict[str, str] = {}
+    if cfg.model.checkpoint:
+        src = Path(cfg.model.checkpoint)
+        f = resolve_checkpoint(src) if (src.is_dir() or src.suffix == ".safetensors") else src
+        source = {"path": str(src.resolve()), "file": str(Path(f).resolve()), "sha256": file_sha256(f)}
+    return {"keys": keys, "meta": {"model": cfg.model.name, "pretrained": bool(cfg.model.pretrained),
+                                   "checkpoint": source, "num_tensors": len(keys),
+                                   "backbone_sha256": backbone_fingerprint(model, keys)}}
+
+
+def merge_trainable(model: nn.Module, sd: dict[str, torch.Tensor], info: dict, where: str) -> None:
+    """Load an adapter-only state dict onto ``model`` (its frozen backbone already loaded) after checking
+    that the backbone is the one the tensors were trained on."""
+    own = model.state_dict()
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise CheckpointError(f"{where} holds {len(unexpected)} tensor(s) this model lacks, e.g. {unexpected[:3]}: "
+                              "another plug-in configuration?")
+    got = backbone_fingerprint(model, set(sd))
+    want = info.get("backbone_sha256", "")
+    if got != want:
+        src = (info.get("checkpoint") or {}).get("path") or ("pretrained " if info.get("pretrained") else "") + \
+            str(info.get("model"))
+        raise CheckpointError(f"{where} was trained on another backbone (fingerprint {want[:12]}, from {src}); the "
+                              f"backbone loaded here has fingerprint {got[:12]}. Load it onto the backbone it was "
+                              "trained on.")
+    load_weights_into(model, sd, where=where, strict=False)
 
 
 # ----------------------------------------------------------------------------- training state

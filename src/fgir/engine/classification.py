@@ -27,7 +27,18 @@ class ClassificationTask(Task):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         logits = self.model(batch["image"])
-        return {"loss": classification_loss(logits, batch["target"], self.label_smoothing), "logits": logits}
+        out = {"loss": classification_loss(logits, batch["target"], self.label_smoothing), "logits": logits}
+        return add_aux_losses(self.model, out)
+
+
+def add_aux_losses(model: nn.Module, out: dict) -> dict:
+    """Add the ``loss_*`` terms a plug-in reports for the last forward through ``model.fgir_aux_losses()``
+    (e.g. DynamicViT's keep-ratio loss) to ``out["loss"]`` and log them as entries of ``out``."""
+    aux = getattr(model, "fgir_aux_losses", None)
+    for k, v in (aux() if callable(aux) else {}).items():
+        out["loss"] = out["loss"] + v
+        out[k] = v
+    return out
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -72,9 +72,36 @@ def build_optimizer(cfg: Config, task: torch.nn.Module) -> torch.optim.Optimizer
                                momentum=cfg.optim.momentum)
 
 
+class EpochScheduler:
+    """A timm scheduler stepped per epoch (``t_in_epochs=True``) behind the loop's per-step
+    ``step_update(num_updates)`` call: the epoch is ``num_updates // steps_per_epoch``."""
+
+    def __init__(self, scheduler, steps_per_epoch: int):
+        self.scheduler, self.steps_per_epoch = scheduler, max(1, steps_per_epoch)
+
+    def step_update(self, num_updates: int, metric=None) -> None:
+        if num_updates % self.steps_per_epoch == 0:
+            self.scheduler.step(num_updates // self.steps_per_epoch)
+
+    def step(self, epoch: int, metric=None) -> None:
+        self.scheduler.step(epoch)
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     o = cfg.optim
-    total = o.epochs * steps_per_epoch
+    if o.sched_unit == "epoch":
+        if o.sched != "cosine" or o.warmup_steps > 0:
+            raise ValueError("optim.sched_unit=epoch supports sched=cosine with warmup_epochs (not warmup_steps).")
+        sched = CosineLRScheduler(optimizer, t_initial=o.epochs - o.cooldown_epochs, lr_min=o.min_lr,
+                                  warmup_t=int(round(o.warmup_epochs)), warmup_lr_init=o.warmup_lr, t_in_epochs=True)
+        return EpochScheduler(sched, steps_per_epoch)
+    total = (o.epochs - o.cooldown_epochs) * steps_per_epoch
     warm = o.warmup_steps if o.warmup_steps > 0 else int(round(o.warmup_epochs * steps_per_epoch))
     if o.sched == "cosine":
         return CosineLRScheduler(optimizer, t_initial=total, lr_min=o.min_lr, warmup_t=warm,
@@ -332,6 +359,10 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
     if cfg.run.channels_last:
         task = task.to(memory_format=torch.channels_last)
     census = {"task": parameter_census(task), "model": parameter_census(task.model)}
+    from ..benchmarks.cost import ttp_census
+
+    census["ttp"] = ttp_census(task.model, num_classes)
+    save_only = ckpt.trainable_spec(cfg, task.model)  # model.save=trainable: what checkpoints keep
     if not census["task"]["trainable"]:
         raise ValueError(f"Nothing to train: model.trainable={cfg.model.trainable} froze every parameter.")
     train_loader = make_loader(cfg, train_ds, True, io.mean, io.std, info)
@@ -393,10 +424,10 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
             if info.is_main:
                 meta = _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census)
                 _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta,
-                      time_s=row["time_s"])
+                      time_s=row["time_s"], only=save_only)
                 if cfg.run.selection == "best_val" and row.get("val_top1") is not None and last_val["top1"] > best:
                     best = last_val["top1"]
-                    ckpt.save_weights(eval_model, run_dir / "best.safetensors", meta)
+                    ckpt.save_weights(eval_model, run_dir / "best.safetensors", meta, only=save_only)
             barrier(info)
             if info.is_main:
                 print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
@@ -418,6 +449,14 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
                                        ema))
     if info.is_main:
         (run_dir / "final.json").write_text(json.dumps(result, indent=2))
+        try:  # the model card (README.md) is a convenience: a finished run never fails over it
+            from ..export.card import write_run_card
+
+            write_run_card(run_dir)
+        except Exception as e:  # noqa: BLE001
+            import warnings
+
+            warnings.warn(f"model card not written for {run_dir}: {type(e).__name__}: {e}", stacklevel=2)
     return result
 
 
@@ -484,13 +523,19 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
             "step": step}
 
 
-def _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta, time_s=0.0):
-    state = {"model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
+def _save(run_dir, task, eval_model, optimizer, scheduler, scaler, ema, epoch, step, best, meta, time_s=0.0,
+          only=None):
+    keep = set(only["keys"]) if only is not None else None
+
+    def sd(m):  # model.save=trainable: the state file holds only the trained tensors too
+        return {k: v for k, v in m.state_dict().items() if keep is None or k in keep}
+
+    state = {"model": sd(task.model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-             "ema": ema.module.state_dict() if ema is not None else None, "rng": ckpt.rng_state(),
+             "ema": sd(ema.module) if ema is not None else None, "rng": ckpt.rng_state(),
              "epoch": epoch, "step": step, "best": best, "time_s": float(time_s)}
     state_path = ckpt.save_training_state(run_dir, epoch, state)
-    ckpt.save_weights(eval_model, run_dir / "last.safetensors", {**meta, "state_file": state_path.name})
+    ckpt.save_weights(eval_model, run_dir / "last.safetensors", {**meta, "state_file": state_path.name}, only=only)
     ckpt.prune_states(run_dir, state_path.name)
 
 
@@ -511,13 +556,14 @@ def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, 
     path = ckpt.resolve_checkpoint(Path(resume) / "last.safetensors" if Path(resume).is_dir() else resume)
     meta = ckpt.read_meta(path)
     state = ckpt.load_training_state(path.parent / meta["state_file"])
-    ckpt.load_weights_into(task.model, state["model"], where=str(path))
+    full = not meta.get("adapter_only")  # adapter-only: the backbone came from model.checkpoint
+    ckpt.load_weights_into(task.model, state["model"], where=str(path), strict=full)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema"):
-        ema.module.load_state_dict(state["ema"])
+        ema.module.load_state_dict(state["ema"], strict=full)
     ckpt.set_rng_state(state["rng"])
     saved_s = state.get("time_s")
     return int(state["epoch"]), int(state["step"]), float(state["best"]), \
@@ -530,7 +576,8 @@ def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, ta
     model = ema.module if ema is not None else task.model
     predict = _predict_fn(task, ema)
     if cfg.run.selection == "best_val" and (run_dir / "best.safetensors").exists():
-        ckpt.load_weights_into(model, ckpt.read_tensors(run_dir / "best.safetensors"), "best.safetensors")
+        ckpt.load_weights_into(model, ckpt.read_tensors(run_dir / "best.safetensors"), "best.safetensors",
+                               strict=cfg.model.save != "trainable")
     test_ds = ManifestDataset(d.name, d.test_split, d.root, d.num_classes, split_fractions=d.split_fractions)
     loader = make_loader(cfg, test_ds, False, mean, std, info)
     acc = run_inference(model, loader, num_classes, class_names, info.device, progress=cfg.run.progress,

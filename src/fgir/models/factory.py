@@ -47,6 +47,10 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
     """
     from . import backbones  # noqa: F401  (registers our builders)
 
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):  # a published model (fgir push / timm layout)
+        from ..export.hub import create_from_hub
+
+        return create_from_hub(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
     if name not in MODELS and not timm.is_model(name):
         hits = close_matches(name, model_names())
         hint = f" Did you mean: {', '.join(hits)}?" if hits else ""

@@ -1,4 +1,10 @@
-"""Offline prediction from an fgir checkpoint: top-k class names for image files or folders.
+"""Offline prediction from an fgir checkpoint or an exported ``.onnx`` model: top-k class names
+for image files or folders.
+
+A :class:`Predictor` runs a *backend*: the rebuilt PyTorch model (through its inference variant)
+or :class:`OnnxBackend` (onnxruntime on a file written by ``fgir export``, whose embedded metadata
+holds the same class names, sizes and normalisation); decoding, batching and the output rows are
+the same for both.
 
 Prediction streams: :meth:`Predictor.iter_predict` takes any iterable of images (paths or PIL
 images), reads and decodes one batch at a time and yields one row per image, and
@@ -67,22 +73,65 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return p
 
 
+class OnnxBackend:
+    """A predictor backend running an exported ``.onnx`` model in onnxruntime.
+
+    Called with a normalised ``B x 3 x S x S`` tensor, returns the ``B x K`` logits (a torch
+    tensor). ``meta`` is the checkpoint-style metadata embedded by ``fgir export`` and
+    ``variant`` the inference variant the graph computes.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0):
+        from ..export.onnx import onnx_session, read_onnx_meta
+
+        self.path = Path(path)
+        self.meta = read_onnx_meta(self.path)
+        self.variant = self.meta.get("export", {}).get("variant", "default (forward)")
+        self.session = onnx_session(self.path, device, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        batch = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().cpu().float().numpy()
+        if self.fixed_batch and arr.shape[0] != self.fixed_batch:  # a fixed-batch graph: pad, then trim
+            import numpy as np
+
+            outs = []
+            for i in range(0, arr.shape[0], self.fixed_batch):
+                chunk = arr[i:i + self.fixed_batch]
+                pad = np.zeros((self.fixed_batch - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
+                outs.append(self.session.run(None, {self.input_name: np.concatenate([chunk, pad])})[0][:len(chunk)])
+            return torch.from_numpy(np.concatenate(outs))
+        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+
+
 class Predictor:
     """``fgir.load(ckpt).predict(images)`` -> one dict per image with the top-k classes.
 
     Args:
-        model: the deployed model (its checkpoint metadata in ``meta``).
+        model: the deployed model (its checkpoint metadata in ``meta``), or a backend: a callable
+            mapping normalised images to logits, such as :class:`OnnxBackend`.
         device: where to run it.
         inference: inference variant (``default``, or one a plug-in adds, e.g. CAL's ``tta``);
-            empty = the one the run was configured with (``model.inference``).
+            empty = the one the run was configured with (``model.inference``). A backend runs the
+            variant it was exported with (``backend.variant``).
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu", inference: str = ""):
+    def __init__(self, model, meta: dict, device: str = "cpu", inference: str = ""):
         from ..models.plugins import get_inference
 
-        self.model, self.meta, self.device = model.to(device).eval(), meta, device
-        self.inference = inference or meta["config"]["model"].get("inference", "default")
-        self._forward = get_inference(self.model, self.inference)
+        self.meta, self.device = meta, device
+        if isinstance(model, torch.nn.Module):
+            self.model = model.to(device).eval()
+            self.inference = inference or meta["config"]["model"].get("inference", "default")
+            self._forward = get_inference(self.model, self.inference)
+        else:
+            variant = getattr(model, "variant", "default")
+            if inference and inference not in (variant, variant.split(" ")[0]):
+                raise ValueError(f"inference variant '{inference}' is not in this exported model; it computes "
+                                 f"'{variant}'. Export that variant with `fgir export CKPT --inference {inference}`.")
+            self.model, self.inference, self._forward = model, variant, model
         self.class_names = meta["class_names"]
         self.img_size = int(meta["img_size"])
         ratio = meta["config"]["data"]["resize_ratio"]
@@ -92,12 +141,23 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "", inference: str = "") -> Predictor:
-        """``device``: empty = CUDA when present, else CPU."""
+        """``device``: empty = CUDA when present, else CPU. An ``.onnx`` file runs in onnxruntime
+        (:meth:`from_onnx`)."""
         from ..engine.distributed import pick_device
 
         dev = str(pick_device(device))
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device=dev, inference=inference)
         model = load_model(path, dev)
         return cls(model, model.fgir_meta, dev, inference)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, device: str = "cpu", inference: str = "",
+                  threads: int = 0) -> Predictor:
+        """A predictor running a model exported by ``fgir export`` (onnxruntime; CUDA provider
+        when ``device`` is CUDA and onnxruntime has it)."""
+        backend = OnnxBackend(path, device, threads)
+        return cls(backend, backend.meta, "cpu", inference)
 
     def decode(self, image) -> torch.Tensor:
         """One image (path or PIL image) -> its resized ``3 x S x S`` uint8 tensor.

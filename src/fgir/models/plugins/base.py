@@ -67,7 +67,10 @@ def apply_plugins(model: nn.Module, entries: Sequence[PluginConfig]) -> nn.Modul
         if entry.name in applied and not meta.get("repeatable"):
             raise ValueError(f"plug-in '{entry.name}' is already applied to this model (applied: {applied}); "
                              "list it once in model.plugins.")
-        before_params = {id(p) for p in model.parameters()}
+        # keep the old parameters alive: a plug-in that drops some (a replaced classifier) must not
+        # let new parameters reuse their ids and go unrecorded
+        kept = list(model.parameters())
+        before_params = {id(p) for p in kept}
         before_structure = _structure(model)
         owned = dict(getattr(model, "fgir_plugin_params", {}))
         variants = dict(getattr(model, "fgir_inference", {}))
@@ -77,6 +80,7 @@ def apply_plugins(model: nn.Module, entries: Sequence[PluginConfig]) -> nn.Modul
         if out is model and not added and _structure(out) == before_structure:
             warnings.warn(f"plug-in '{entry.name}' changed nothing on {type(model).__name__}.", stacklevel=2)
         owned[entry.name] = owned.get(entry.name, []) + added
+        del kept
         out.fgir_plugins = applied + [entry.name]
         out.fgir_plugin_params = owned
         out.fgir_inference = {**variants, **getattr(out, "fgir_inference", {})}
