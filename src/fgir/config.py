@@ -122,6 +122,8 @@ class DataConfig:
     """Override the class count (only for datasets without a class table); 0 = from the class table."""
     split_fractions: list = field(default_factory=lambda: [0.7, 0.1, 0.2])
     """Own data (data.name=folder): train/val/test fractions carving a flat <class>/* tree or a CSV list without a split column, per class (see `fgir data prepare --help`)."""
+    exclude: str = ""
+    """File of image paths (as in the split CSVs, one per line) removed from every split when loading, e.g. the test images with a copy in train that `fgir data check --exclude FILE` writes; empty = none."""
 
 
 @dataclass
@@ -300,6 +302,7 @@ FIELD_RULES: dict[str, tuple] = {
     "data.num_workers": ("range", 0, 256, True, True),
     "data.num_classes": ("range", 0, _INF, True, False),
     "data.split_fractions": ("checked", "three fractions summing to 1 (Config.validate)"),
+    "data.exclude": ("checked", "the file is read when the splits load (missing: one-line error)"),
     "optim.opt": ("pattern", r"[A-Za-z0-9_\-]+", "a timm optimizer name (checked when it is built)"),
     "optim.lr": ("range", 0, _INF, False, False),
     "optim.weight_decay": ("range", 0, _INF, True, False),

@@ -227,6 +227,27 @@ def cmd_data(a) -> int:
     return 0
 
 
+def cmd_data_check(a) -> int:
+    from ..data.check import check_dataset, write_pairs_csv
+
+    res = check_dataset(a.name, a.root, splits=tuple(a.splits), threshold=a.threshold, progress=sys.stderr.isatty())
+    print(f"'{a.name}': {res['images']} images in {', '.join(a.splits)}; duplicate pairs (exact: same bytes; "
+          f"near: thumbnail distance < {a.threshold:g}):")
+    for kind, n in res["by_kind"].items() or {"none": 0}.items():
+        print(f"  {kind:<28} {n:>6}")
+    leaked = res["test_with_copy_in_train"]
+    print(f"test images with a copy in a training split: {len(leaked)}"
+          + (f" (e.g. {', '.join(leaked[:3])})" if leaked else ""))
+    for line in res["unreadable"][:5]:
+        print(f"fgir: warning: unreadable, not checked: {line}", file=sys.stderr)
+    if a.out:
+        print(f"wrote {write_pairs_csv(a.out, res['pairs'])}")
+    if a.exclude:
+        Path(a.exclude).write_text("".join(f"{p}\n" for p in leaked), encoding="utf-8")
+        print(f"wrote {a.exclude}: train without them with data.exclude={a.exclude}")
+    return 0
+
+
 def cmd_import(a) -> int:
     from ..engine.import_tgda import import_tgda
 
@@ -466,6 +487,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     d.add_argument("--split-fractions", default="", metavar="TRAIN,VAL,TEST",
                    help="own flat trees / CSV lists: per-class fractions, default 0.7,0.1,0.2 (= data.split_fractions)")
     d.set_defaults(fn=cmd_data)
+
+    d = dsub.add_parser("check", help="exact and near-duplicate images within and across splits (test leakage)")
+    d.add_argument("name", help="dataset name (`fgir list datasets`, or folder for your own data)")
+    d.add_argument("--root", default="", help="dataset root (default: $FGIR_DATA/<name>)")
+    d.add_argument("--splits", nargs="+", default=["train_val", "test"], help="splits to compare "
+                   "(default: train_val test)")
+    d.add_argument("--threshold", type=float, default=0.07, help="near-duplicate distance on standardised 32x32 "
+                   "grayscale thumbnails, sqrt((1 - r) / 2) (default: 0.07)")
+    d.add_argument("--out", default="", help="write every pair to this CSV")
+    d.add_argument("--exclude", default="", help="write the test images with a copy in train to this file "
+                   "(for data.exclude=FILE)")
+    d.set_defaults(fn=cmd_data_check)
 
     s = sub.add_parser("import", help="convert published checkpoints into fgir checkpoints")
     isub = s.add_subparsers(dest="import_cmd", required=True)

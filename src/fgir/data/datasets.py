@@ -44,8 +44,15 @@ class ManifestDataset(torch.utils.data.Dataset):
     tree or a CSV list).
     """
 
+    @classmethod
+    def from_config(cls, d, split: str, **kwargs) -> ManifestDataset:
+        """Split ``split`` of the dataset a :class:`~fgir.config.DataConfig` names (root, class
+        count, own-data fractions, ``data.exclude``)."""
+        return cls(d.name, split, d.root, d.num_classes, split_fractions=d.split_fractions,
+                   exclude=d.exclude, **kwargs)
+
     def __init__(self, name: str, split: str = "train", root: str = "", num_classes: int = 0,
-                 transform=None, check_files: bool = True, split_fractions=None):
+                 transform=None, check_files: bool = True, split_fractions=None, exclude: str = ""):
         self.name, self.split, self.transform = name, split, transform
         self.spec = get_spec(name)
         self.manifest_dir, self.image_root = resolve_root(name, root, split_fractions=split_fractions)
@@ -68,6 +75,15 @@ class ManifestDataset(torch.utils.data.Dataset):
         info = read_manifest_info(self.manifest_dir)
         if info.get("layout") != "csv":  # a user's own CSV list may name files anywhere, by design
             check_paths(self.rows, self.image_root, str(path))
+        if exclude:  # data.exclude: e.g. the test images `fgir data check --exclude` found copied in train
+            from .check import read_exclude
+
+            drop = read_exclude(exclude)
+            before = len(self.rows)
+            self.rows = [r for r in self.rows if os.path.normpath(r.dir) not in drop]
+            self.excluded = before - len(self.rows)
+        else:
+            self.excluded = 0
         _warn_duplicates_and_leaks(self.rows, path, split)
         if check_files:
             missing = [r.dir for r in self.rows if not (Path(self.image_root) / r.dir).is_file()]

@@ -128,8 +128,7 @@ def evaluate_checkpoint(path: str, split: str = "test", root: str = "", out: str
     cfg.optim.batch_size = batch_size
     variant = inference or cfg.model.inference
     fn = get_inference(model, variant)
-    ds = ManifestDataset(cfg.data.name, split, cfg.data.root, cfg.data.num_classes,
-                         split_fractions=cfg.data.split_fractions)
+    ds = ManifestDataset.from_config(cfg.data, split)
     if ds.num_classes != meta["num_classes"]:
         raise ValueError(f"Checkpoint {ck} predicts {meta['num_classes']} classes but dataset "
                          f"'{cfg.data.name}' has {ds.num_classes}.")

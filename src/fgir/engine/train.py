@@ -346,10 +346,9 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
     d = cfg.data
-    fr = d.split_fractions
-    train_ds = ManifestDataset(d.name, d.train_split, d.root, d.num_classes, split_fractions=fr)
-    val_ds = ManifestDataset(d.name, d.val_split, d.root, d.num_classes, split_fractions=fr) if d.val_split else None
-    test_ds = ManifestDataset(d.name, d.test_split, d.root, d.num_classes, split_fractions=fr) if d.test_split else None
+    train_ds = ManifestDataset.from_config(d, d.train_split)
+    val_ds = ManifestDataset.from_config(d, d.val_split) if d.val_split else None
+    test_ds = ManifestDataset.from_config(d, d.test_split) if d.test_split else None
     _check_selection_overlap(cfg, train_ds, val_ds)
     splits = {k: v for k, v in [("train", train_ds), ("val", val_ds), ("test", test_ds)] if v is not None}
     num_classes, class_names = train_ds.num_classes, train_ds.class_names
@@ -578,7 +577,7 @@ def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, ta
     if cfg.run.selection == "best_val" and (run_dir / "best.safetensors").exists():
         ckpt.load_weights_into(model, ckpt.read_tensors(run_dir / "best.safetensors"), "best.safetensors",
                                strict=cfg.model.save != "trainable")
-    test_ds = ManifestDataset(d.name, d.test_split, d.root, d.num_classes, split_fractions=d.split_fractions)
+    test_ds = ManifestDataset.from_config(d, d.test_split)
     loader = make_loader(cfg, test_ds, False, mean, std, info)
     acc = run_inference(model, loader, num_classes, class_names, info.device, progress=cfg.run.progress,
                         desc=f"test ({d.test_split})", predict_fn=predict)
