@@ -236,3 +236,48 @@ def test_plot_failure_warns_once_and_training_goes_on(tiny_root, tmp_path, monke
     out = capsys.readouterr().out
     assert out.count("curves.png not drawn (OSError: disk says no)") == 1
     assert res["epochs"] == 2 and (tmp_path / "t" / "last.safetensors").is_file()
+
+
+class _OtherWriter:
+    """Another process holding the run's lock (a concurrent `fgir train` of the same folder)."""
+
+    def __init__(self, run: Path):
+        import subprocess
+        import sys
+
+        code = ("import fcntl, sys, time\nf = open(sys.argv[1], 'a+')\n"
+                "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
+                "    print('busy', flush=True)\n    sys.exit(1)\n"
+                "print('locked', flush=True)\ntime.sleep(60)\n")
+        self.p = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout.readline().strip() == "locked"
+
+    def stop(self):
+        self.p.kill()
+        self.p.wait()
+
+
+def test_second_writer_of_a_run_fails_at_once(tmp_path):
+    from fgir.engine.train import RunLock
+
+    run = tmp_path / "r"
+    run.mkdir()
+    other = _OtherWriter(run)
+    try:
+        with pytest.raises(RuntimeError, match="being written by another fgir process"):
+            RunLock(run)
+    finally:
+        other.stop()
+    RunLock(run).release()  # free again once the other writer is gone
+
+
+def test_resume_while_another_process_writes_the_run_is_refused(tiny_root, tmp_path):
+    from fgir.engine.train import train
+
+    res = train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1"))
+    other = _OtherWriter(Path(res["run_dir"]))
+    try:
+        with pytest.raises(RuntimeError, match="being written by another fgir process"):
+            train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=2"), resume=res["run_dir"])
+    finally:
+        other.stop()

@@ -6,10 +6,12 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 import sys
 import time
+import weakref
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -252,6 +254,46 @@ def _logged_time(run_dir: Path, epoch: int) -> float:
     return float(times[-1]) if times else 0.0
 
 
+class RunLock:
+    """One run, one writer: an exclusive ``flock`` on ``<run>/.lock`` for as long as this object
+    lives. A second process training (or resuming) the same folder fails at once; the lock goes
+    with its process, so a killed run leaves nothing stale behind."""
+
+    _held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+    """Locks this process holds, by path: a train() that ended with an exception may still hold one
+    until its frame is collected; a later train() of the same run in this process takes it over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        key = str(self.path.resolve())
+        prev = RunLock._held.pop(key, None)
+        if prev is not None:
+            prev.release()
+        self._fh = open(self.path, "a+")  # noqa: SIM115  (closed by release / on collection)
+        try:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock (Windows): no lock, as before
+            pass
+        except OSError as e:
+            self._fh.close()
+            raise RuntimeError(f"{run_dir} is being written by another fgir process (lock {self.path}); "
+                               "wait for it, or train into another run.name.") from e
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"{os.getpid()}\n")
+        self._fh.flush()
+        RunLock._held[key] = self
+
+    def release(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __del__(self) -> None:
+        self.release()
+
+
 def _open_run_dir(cfg: Config, info: DistInfo, resume_dir: Path | None, overwrite: bool) -> Path:
     """Create (or for a resume, keep) the run folder; the main process decides, the others follow."""
     if resume_dir is not None:
@@ -383,6 +425,7 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
         prior_s = saved_s if saved_s is not None else _logged_time(resume_dir, start_epoch)
     # Everything is built: the run starts, and only now its folder is created (or replaced).
     run_dir = _open_run_dir(cfg, info, resume_dir, overwrite)
+    _lock = RunLock(run_dir) if info.is_main else None  # held until train returns
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "census.json").write_text(json.dumps(census, indent=2))
@@ -438,6 +481,8 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
         if info.is_main:
             print(f"\nInterrupted in epoch {epoch}. The last complete checkpoint in {run_dir} is intact; "
                   f"continue with: fgir train --resume {run_dir}")
+        if _lock is not None:
+            _lock.release()
         raise
     result = {"run_dir": str(run_dir), "epochs": epoch, "train_time_s": round(trained_s(), 2),
               "params": census["model"]["total"], "params_trainable": census["model"]["trainable"]}
@@ -456,6 +501,8 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
             import warnings
 
             warnings.warn(f"model card not written for {run_dir}: {type(e).__name__}: {e}", stacklevel=2)
+    if _lock is not None:
+        _lock.release()
     return result
 
 
@@ -546,7 +593,7 @@ def _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census):
     return ckpt.checkpoint_meta(cfg, num_classes, class_names, epoch, step, dep.mean, dep.std, row,
                                 img_size=io.img_size, model_img_size=dep.img_size,
                                 census={"total": census["model"]["total"],
-                                        "trainable": census["model"]["trainable"]})
+                                        "trainable": census["model"]["trainable"], "ttp": census.get("ttp", {})})
 
 
 def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, int, float, float | None]:
