@@ -1,0 +1,94 @@
+"""onnxruntime CPU throughput of exported models vs PyTorch eager CPU (issue 15).
+
+    python benchmarks/export_speed.py [--threads 2] [--batch-size 32] [--iters 10] [--out FILE.json]
+
+For lrnet14 at 128 px and ViTFS-T (``vitfs_tiny``) at 224 px (random weights, 200 classes, eval
+mode): export with the path ``fgir export`` uses (TorchScript-based exporter, opset 17, fixed
+batch), check parity on the benchmark batch, then time PyTorch eager (``torch.no_grad``) and
+onnxruntime (CPUExecutionProvider, all graph optimisations) on the same batch with the same
+thread count: ``--warmup`` untimed batches each, then ``--iters`` timed batches alternating
+between the two backends (so a change in machine load hits both alike). Reports the median
+batch time as images/s and the ratio onnxruntime / PyTorch. One run; no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fgir.benchmarks.speed import environment
+from fgir.export.onnx import export_module, onnx_session
+from fgir.models.factory import create_model
+
+MODELS = (("lrnet14", 128), ("vitfs_tiny", 224))
+
+
+def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: int, tmp: Path) -> dict:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=200).eval()
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    path = tmp / f"{name}_{size}.onnx"
+    export_module(model, x, path)
+    sess = onnx_session(path, threads=threads)
+    feed = {"image": x.numpy()}
+    with torch.no_grad():
+        diff = float(np.abs(sess.run(None, feed)[0] - model(x).numpy()).max())
+
+    def run_torch():
+        with torch.no_grad():
+            model(x)
+
+    def run_ort():
+        sess.run(None, feed)
+
+    for _ in range(warmup):
+        run_torch()
+        run_ort()
+    times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+    for _ in range(iters):
+        for key, fn in (("torch", run_torch), ("onnxruntime", run_ort)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": name, "img_size": size, "batch_size": batch, "threads": threads, "max_abs_diff": diff,
+            "torch_img_s": round(batch / med["torch"], 2), "onnxruntime_img_s": round(batch / med["onnxruntime"], 2),
+            "ratio": round(med["torch"] / med["onnxruntime"], 3),
+            "torch_batch_s": [round(t, 4) for t in times["torch"]],
+            "onnxruntime_batch_s": [round(t, 4) for t in times["onnxruntime"]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends (default: 2)")
+    ap.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed batches per backend (default: 3)")
+    ap.add_argument("--iters", type=int, default=10, help="timed batches per backend (default: 10)")
+    ap.add_argument("--out", default="", help="also write the rows (with every batch time) to this JSON file")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [bench(n, s, a.batch_size, a.threads, a.warmup, a.iters, Path(tmp)) for n, s in MODELS]
+    import onnxruntime
+
+    env = environment("cpu", batch_size=a.batch_size)
+    print(f"# torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {a.threads} threads, "
+          f"batch {a.batch_size}, median of {a.iters} after {a.warmup} warm-up; {env['device_name']}")
+    print("| model | px | PyTorch eager img/s | onnxruntime img/s | ratio | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['img_size']} | {r['torch_img_s']:.1f} | {r['onnxruntime_img_s']:.1f} | "
+              f"{r['ratio']:.2f}x | {r['max_abs_diff']:.2g} |")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Export forms: which module of a deployed model goes into an exported graph.
+
+A deployed model is exported through its *export form*, an ``nn.Module`` that maps a batch of
+normalised images (``B x 3 x S x S``) to logits with a static graph. By default that is the model
+itself (``forward``, the ``default`` inference variant). A plug-in whose training or inference
+path is not traceable as is (dynamic token counts, data-dependent crops, adapters to merge)
+declares an inference form for export in one of two ways:
+
+* ``register_export_form(model, "export_module", variant="token_reduction:static")`` on the
+  model its ``apply_<name>`` returns (stored by method name, so copies resolve their own), or
+* an ``export_module(self) -> nn.Module`` method on the plug-in's wrapper class, with an optional
+  ``export_variant`` string attribute on the returned module.
+
+The method returns the module to trace (for example a copy with static keep counts, the
+no-crop or batched-crop GLSim path, or adapters merged into the weights); the variant name is
+recorded in the exported file and printed by ``fgir export``. A registered inference variant
+(:func:`fgir.models.plugins.register_inference`) can be exported too when it is traceable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ExportForm", "export_form", "register_export_form"]
+
+
+@dataclass(frozen=True)
+class ExportForm:
+    """The module to export and the name of the inference variant it computes."""
+
+    module: nn.Module
+    variant: str
+
+
+class _Variant(nn.Module):
+    """``getattr(model, method)(x)`` as a module (an inference variant such as CAL's ``tta``)."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
+
+
+def register_export_form(model: nn.Module, method: str, variant: str) -> None:
+    """Declare ``getattr(model, method)() -> nn.Module`` as the module to export, computing
+    inference variant ``variant`` (a name shown in the export report and metadata)."""
+    if not callable(getattr(model, method, None)):
+        raise TypeError(f"{type(model).__name__} has no method '{method}' for the export form '{variant}'.")
+    if not variant:
+        raise ValueError("register_export_form needs a non-empty variant name.")
+    model.fgir_export = {"method": method, "variant": variant}
+
+
+def _hook(model: nn.Module) -> tuple[nn.Module, str] | None:
+    reg = getattr(model, "fgir_export", None)
+    if isinstance(reg, dict) and reg.get("method"):
+        mod = getattr(model, reg["method"])()
+        return mod, str(reg.get("variant") or reg["method"])
+    fn = getattr(type(model), "export_module", None)
+    if callable(fn):
+        mod = model.export_module()
+        return mod, str(getattr(mod, "export_variant", "") or f"{type(model).__name__}.export_module")
+    return None
+
+
+def export_form(model: nn.Module, inference: str = "default") -> ExportForm:
+    """The export form of ``model`` for inference variant ``inference``.
+
+    ``default``: the plug-in's declared export form when there is one, else ``model.forward``.
+    Another name: that registered inference variant (it must be traceable).
+
+    Raises:
+        ValueError: ``inference`` is not a variant of the model.
+        TypeError: a declared export form did not return an ``nn.Module``.
+    """
+    from ..models.plugins import get_inference
+
+    if inference in ("", "default"):
+        hooked = _hook(model)
+        if hooked is None:
+            return ExportForm(model, "default (forward)")
+        mod, variant = hooked
+        if not isinstance(mod, nn.Module):
+            raise TypeError(f"the export form '{variant}' of {type(model).__name__} returned "
+                            f"{type(mod).__name__}, expected an nn.Module.")
+        return ExportForm(mod.eval(), variant)
+    get_inference(model, inference)  # raises listing the available variants
+    return ExportForm(_Variant(model, model.fgir_inference[inference]).eval(), inference)
