@@ -13,7 +13,24 @@ from fgir.models.plugins import apply_plugins, get_inference, inference_names
 from fgir.models.trainable import apply_trainable, parameter_census
 from fgir.registry import PLUGINS
 
-CNNS = ["test_resnet", "lrnet14"]  # tiny CNN backbones; every plug-in x backbone below
+CNNS = ["test_resnet", "lrnet14"]  # tiny CNN backbones; every plug-in x backbone of its families below
+BACKBONES = {  # family -> (model name, overrides): tiny members of each family the plug-ins declare
+    "cnn": [("test_resnet", ["data.img_size=32"]), ("lrnet14", ["data.img_size=32"])],
+    "vit": [("vit_tiny_patch16_224", ["data.img_size=128"]),
+            ("vitfs_nano", ["data.img_size=128"])],
+}
+
+
+def _pairs():
+    return [pytest.param(plugin, name, over, id=f"{plugin}-{name}")
+            for plugin in PLUGINS.names() for fam in PLUGINS.meta(plugin)["families"]
+            for name, over in BACKBONES[fam]]
+
+
+def _first_backbone(plugin):
+    name, over = BACKBONES[PLUGINS.meta(plugin)["families"][0]][0]
+    cfg = load_config(overrides=[f"model.name={name}", *over])
+    return build_model(cfg, 3)
 
 
 def _cfg(*over):
@@ -97,20 +114,28 @@ def test_empty_plugin_list_is_the_plain_model(backbone):
     assert type(built) is type(plain)
 
 
-@pytest.mark.parametrize("plugin", PLUGINS.names())
-@pytest.mark.parametrize("backbone", CNNS)
-def test_plugin_applies_and_runs(plugin, backbone):
-    model = build_model(_cfg(f"model.name={backbone}", f"model.plugins=[{{name: {plugin}}}]"), 3).eval()
+@pytest.mark.parametrize("plugin,backbone,over", _pairs())
+def test_plugin_applies_and_runs(plugin, backbone, over):
+    cfg = load_config(overrides=[f"model.name={backbone}", *over, f"model.plugins=[{{name: {plugin}}}]"])
+    model = build_model(cfg, 3).eval()
     assert model.fgir_plugins == [plugin]
+    s = cfg.data.img_size
     with torch.no_grad():
-        out = model(torch.rand(2, 3, 32, 32))
+        out = model(torch.rand(2, 3, s, s))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_every_plugin_declares_its_families():
+    for plugin in PLUGINS.names():
+        assert set(PLUGINS.meta(plugin)["families"]) <= set(BACKBONES), plugin
 
 
 @pytest.mark.parametrize("plugin", PLUGINS.names())
 def test_plugin_applied_twice_raises(plugin):
+    if PLUGINS.meta(plugin)["repeatable"]:
+        pytest.skip(f"{plugin} is repeatable by design")
     entry = PLUGINS.meta(plugin)["config"](name=plugin)
-    model = apply_plugins(create_model("test_resnet", num_classes=3), [entry])
+    model = apply_plugins(_first_backbone(plugin), [entry])
     with pytest.raises(ValueError, match="already applied"):
         apply_plugins(model, [entry])
 
@@ -118,8 +143,10 @@ def test_plugin_applied_twice_raises(plugin):
 @pytest.mark.parametrize("plugin", PLUGINS.names())
 def test_plugin_parameters_are_recorded(plugin):
     entry = PLUGINS.meta(plugin)["config"](name=plugin)
-    model = apply_plugins(create_model("test_resnet", num_classes=3), [entry])
-    assert model.fgir_plugin_params[plugin]
+    model = apply_plugins(_first_backbone(plugin), [entry])
+    recorded = model.fgir_plugin_params[plugin]  # may be empty: EViT, Top-K, ToMe add no parameters
+    own = {id(p) for p in model.parameters()}
+    assert all(id(p) in own for p in recorded)
 
 
 def test_cal_on_a_token_model_is_refused():

@@ -32,20 +32,30 @@ __all__ = ["register_plugin", "apply_plugins", "register_inference", "get_infere
            "plugin_parameters", "mark_only_plugin_trainable"]
 
 
-def register_plugin(name: str, config: type[PluginConfig] = PluginConfig, *, repeatable: bool = False
-                    ) -> Callable[[Callable], Callable]:
+FAMILIES = ("cnn", "vit")
+"""Backbone families a plug-in can declare: ``cnn`` (feature maps, timm CNNs and LRNets) and
+``vit`` (token models: timm ``VisionTransformer`` and ViTFS)."""
+
+
+def register_plugin(name: str, config: type[PluginConfig] = PluginConfig, *, repeatable: bool = False,
+                    families: tuple[str, ...] = FAMILIES) -> Callable[[Callable], Callable]:
     """Decorator registering ``apply_fn(model, cfg) -> model`` as plug-in ``name``.
 
     Args:
         name: the ``name`` of a ``model.plugins`` entry.
         config: the plug-in's config dataclass (subclass of :class:`~fgir.config.PluginConfig`).
         repeatable: whether the plug-in may be applied more than once to one model.
+        families: the backbone families it applies to (``cnn``, ``vit``); the registry-driven tests
+            run every plug-in on every backbone of its families, and ``fgir list plugins`` shows them.
     """
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise TypeError(f"plug-in '{name}': families must be a non-empty subset of {FAMILIES}, got {families!r}.")
     if not (isinstance(config, type) and issubclass(config, PluginConfig)):
         raise TypeError(f"plug-in '{name}': config must be a PluginConfig subclass, got {config!r}.")
 
     def deco(fn: Callable) -> Callable:
-        PLUGINS.add(name, fn, config=config, repeatable=repeatable)
+        PLUGINS.add(name, fn, config=config, repeatable=repeatable, families=tuple(families))
         return fn
 
     return deco

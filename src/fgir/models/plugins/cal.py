@@ -585,7 +585,7 @@ class CALModel(nn.Module):
         return (one(x) + one(x.flip(-1))) / 2
 
 
-@register_plugin("cal", CALConfig)
+@register_plugin("cal", CALConfig, families=("cnn",))
 def apply_cal(backbone: nn.Module, cfg: CALConfig | None = None, *, num_classes: int | None = None) -> CALModel:
     """Attach a CAL head to ``backbone`` (its classifier is removed); see :class:`CALModel`.
 
