@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from fgir import load_config
+from fgir.benchmarks import stages
 from fgir.benchmarks.cost import model_cost
-from fgir.engine.train import train
 
 RECIPE = "configs/recipes/cpu/cub100_vitfs_tiny_128.yaml"
 GLSIM = {"name": "glsim", "top_o": 8, "crop_cls": "shared", "crop_box": "reference", "aggregator_depth": 1,
@@ -42,16 +40,7 @@ ARMS = {"vitfs": [], "glsim": [GLSIM]}
 
 
 def run_stage(name: str, overrides: list[str], out: Path) -> dict:
-    final = out / name / "final.json"
-    if final.is_file():
-        print(f"[{name}] reusing {final}", flush=True)
-        return json.loads(final.read_text())
-    cfg = load_config([RECIPE], overrides + [f"run.output_dir={out}", f"run.name={name}"])
-    print(f"[{name}] training ...", flush=True)
-    t0 = time.time()
-    res = train(cfg, resume=str(out / name) if (out / name / "config.yaml").is_file() else "")
-    print(f"[{name}] done in {(time.time() - t0) / 60:.1f} min: test_top1 {res.get('test_top1')}", flush=True)
-    return res
+    return stages.run_stage(name, [RECIPE], overrides, out)
 
 
 def plugins_override(plugins: list[dict]) -> str:

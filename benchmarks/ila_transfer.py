@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-from fgir.config import load_config
-from fgir.engine.train import train
+from fgir.benchmarks import stages
 
 RECIPE = "configs/recipes/ila/ila_flowers12_vitfs_tiny_128.yaml"
 PEFT_TRAIN = "model.trainable=[plugins, head, reg_token]"
@@ -48,23 +46,11 @@ METHODS: dict[str, tuple[list[str], float]] = {  # name -> (overrides, a-priori 
 
 
 def run_stage(name: str, overrides: list[str], out: Path) -> dict:
-    final = out / name / "final.json"
-    if final.is_file():
-        print(f"[{name}] reusing {final}", flush=True)
-        return json.loads(final.read_text())
-    cfg = load_config([RECIPE], overrides + [f"run.output_dir={out}", f"run.name={name}", "run.progress=false"])
-    print(f"[{name}] training ...", flush=True)
-    t0 = time.time()
-    res = train(cfg, resume=str(out / name) if (out / name / "config.yaml").is_file() else "")
-    print(f"[{name}] done in {(time.time() - t0) / 60:.1f} min: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k.endswith("top1") and isinstance(v, float)),
-          flush=True)
-    return res
+    return stages.run_stage(name, [RECIPE], overrides + ['run.progress=false'], out)
 
 
 def last_val_top1(out: Path, name: str) -> float:
-    rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return float(rows[-1]["val_top1"])
+    return stages.last_val_top1(out, name)
 
 
 def gmacs(run: Path) -> float:

@@ -29,33 +29,19 @@ from pathlib import Path
 
 import torch
 
-from fgir import load_config
+from fgir.benchmarks import stages
 from fgir.benchmarks.cost import model_cost
-from fgir.engine.train import train
 
 TEACHER = "configs/recipes/cpu/cub100_cal_teacher_resnet18os16_64.yaml"
 STUDENT = "configs/recipes/cpu/cub100_student_lrnet14_64.yaml"
 
 
 def run_stage(name: str, cfg_file: str, overrides: list[str], out: Path) -> dict:
-    final = out / name / "final.json"
-    if final.is_file():
-        print(f"[{name}] reusing {final}", flush=True)
-        return json.loads(final.read_text())
-    cfg = load_config([cfg_file], overrides + [f"run.output_dir={out}", f"run.name={name}"])
-    print(f"[{name}] training ...", flush=True)
-    t0 = time.time()
-    # a stage folder that exists (even killed in its first epoch) is continued, never duplicated
-    res = train(cfg, resume=str(out / name) if (out / name / "config.yaml").is_file() else "")
-    print(f"[{name}] done in {(time.time() - t0) / 60:.1f} min: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k.endswith("top1") and isinstance(v, float)),
-          flush=True)
-    return res
+    return stages.run_stage(name, [cfg_file], overrides, out)
 
 
 def val_top1(out: Path, name: str) -> float:
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return float(rows[-1]["val_top1"])
+    return stages.last_val_top1(out, name)
 
 
 def summarise(runs: list[dict], key: str = "test_top1") -> dict:
