@@ -107,3 +107,27 @@ def test_method_addon_keeps_the_recipe_settings():
 def test_recipe_bases_are_full_recipes():
     data = yaml.safe_load((ROOT / "configs/recipes/base/tgda_paper_448.yaml").read_text())
     assert data["optim"]["epochs"] == 800 and data["data"]["img_size"] == 448
+
+
+def test_viz_lists_the_registered_kinds_with_help():
+    from fgir.registry import VIZ
+
+    parser = build_parser(["viz"])
+    missing = []
+    for a in parser._subparsers._group_actions[0].choices["viz"]._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            assert set(a.choices) == set(VIZ.names()) and {"glsim", "rollout"} <= set(a.choices)
+            for name, sub in a.choices.items():
+                missing += [f"viz {name} {x.dest}" for x in sub._actions
+                            if not x.help and not isinstance(x, argparse._HelpAction)]
+    assert not missing
+
+
+def test_viz_of_a_model_it_does_not_apply_to_is_one_line(capsys, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    assert main(["viz", "glsim", str(tmp_path / "missing_run"), str(img)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fgir: error:")
