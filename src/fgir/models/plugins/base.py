@@ -149,3 +149,13 @@ def get_inference(model: nn.Module, name: str = "default") -> Callable[[Any], An
                          f"plug-ins {getattr(model, 'fgir_plugins', [])}); available: {names}."
                          f"{suggest(name, names)}")
     return getattr(model, method)
+
+
+def plugin_class_count(plugin: str, backbone: nn.Module, num_classes: int | None) -> int:
+    """The class count a head-replacing plug-in builds for: ``num_classes`` if given, else the
+    backbone's ``num_classes``; a clear error when neither is positive."""
+    k = num_classes if num_classes is not None else int(getattr(backbone, "num_classes", 0) or 0)
+    if k <= 0:
+        raise ValueError(f"apply_{plugin} needs a class count: {type(backbone).__name__}.num_classes is {k}; "
+                         "pass num_classes=K.")
+    return k

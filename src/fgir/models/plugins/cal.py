@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import Config, ConfigError, PluginConfig, check_choice
-from .base import mark_only_plugin_trainable, register_inference, register_plugin
+from .base import mark_only_plugin_trainable, plugin_class_count, register_inference, register_plugin
 
 __all__ = [
     "CALConfig", "CALHead", "CALModel", "CALOutput", "apply_cal", "mark_only_cal_trainable",
@@ -599,10 +599,7 @@ def apply_cal(backbone: nn.Module, cfg: CALConfig | None = None, *, num_classes:
     if hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks"):
         raise TypeError(f"CAL needs a CNN whose forward_features is a B x C x h x w map; {type(backbone).__name__} "
                         "is a token model (ViT). Use a CNN backbone (resnet*, lrnet*).")
-    k = num_classes if num_classes is not None else int(getattr(backbone, "num_classes", 0) or 0)
-    if k <= 0:
-        raise ValueError(f"apply_cal needs a class count: {type(backbone).__name__}.num_classes is {k}; "
-                         "pass num_classes=K.")
+    k = plugin_class_count("cal", backbone, num_classes)
     model = CALModel(backbone, k, cfg)
     register_inference(model, "tta", "predict_tta")
     return model

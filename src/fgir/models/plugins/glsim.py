@@ -32,9 +32,8 @@ NOTE: the legacy-parity preset (spec §9) is: ``crop_cls: shared``, ``crop_box: 
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import Config, ConfigError, PluginConfig, check_choice
-from .base import mark_only_plugin_trainable, register_inference, register_plugin
+from .base import mark_only_plugin_trainable, plugin_class_count, register_inference, register_plugin
 
 __all__ = [
     "GLSimConfig", "GLSimModel", "GLSimOutput", "apply_glsim", "mark_only_glsim_trainable",
@@ -76,7 +75,8 @@ class GLSimConfig(PluginConfig):
     crop_box: str = "reference"
     """reference = the code's end-exclusive box (last selected row/column cut off); inclusive = the figure's box."""
     crop_cls: str = "auto"
-    """Class token of the crop pass: separate (own parameter, copied from the CLS), shared (legacy parity), or auto = separate when the backbone has a class token, else shared (ViTFS pools patch tokens)."""
+    """Class token of the crop pass: separate (own parameter, copied from the CLS), shared (legacy
+    parity), or auto = separate when the backbone has a class token, else shared (ViTFS)."""
     aggregator_depth: int = 1
     """Transformer blocks mixing the two global tokens; 0 = no aggregator and no aggregator norm."""
     aggregator_norm_eps: float = 1e-12
@@ -431,10 +431,7 @@ def apply_glsim(backbone: nn.Module, cfg: GLSimConfig | None = None, *,
     if not (hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks")):
         raise TypeError(f"GLSim needs a token model (a ViT with patch_embed and blocks); "
                         f"{type(backbone).__name__} is not one. Use a ViT backbone (vit_*, vitfs_*).")
-    k = num_classes if num_classes is not None else int(getattr(backbone, "num_classes", 0) or 0)
-    if k <= 0:
-        raise ValueError(f"apply_glsim needs a class count: {type(backbone).__name__}.num_classes is {k}; "
-                         "pass num_classes=C.")
+    k = plugin_class_count("glsim", backbone, num_classes)
     model = GLSimModel(backbone, k, cfg)
     register_inference(model, "no-crop", "forward_no_crop")
     return model
