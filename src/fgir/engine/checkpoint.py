@@ -11,6 +11,7 @@ leaves the last complete checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -75,10 +76,59 @@ def unflatten_state(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skel
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (key order): stored in each file's
+    metadata (``fgir_sha256``) and verified on load, so a flipped byte is an error, not NaN output."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        if v.numel():
+            h.update(v.view(-1).view(torch.uint8).numpy().tobytes() if v.dtype != torch.bool
+                     else v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write, fsync, rename, fsync the folder: a crash leaves the old file or the new one, whole."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata={**metadata, "fgir_sha256": tensors_sha256(tensors)})
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    siblings = [q for q in path.parent.iterdir() if q.is_file() and q.suffix in (".json", ".yaml", ".csv")]
+    if siblings:  # checkpoint files get the permissions of the other run files
+        os.chmod(tmp, siblings[0].stat().st_mode & 0o777)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def verify_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None, where: str,
+                   finite: bool = True) -> dict[str, torch.Tensor]:
+    """Check a loaded file against its stored checksum, and (``finite``) refuse NaN/Inf weights."""
+    want = (metadata or {}).get("fgir_sha256")
+    if want and tensors_sha256(tensors) != want:
+        raise CheckpointError(f"{where} is corrupt: its tensors do not match the checksum stored in the file "
+                              "(a changed or damaged byte); use another checkpoint or retrain.")
+    if finite:
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise CheckpointError(f"{where} holds non-finite values (NaN/Inf) in {len(bad)} tensor(s), e.g. "
+                                  f"{bad[:3]}; refusing to load it.")
+    return tensors
 
 
 def rng_state() -> dict:
@@ -198,9 +248,16 @@ def check_meta(meta: Any, where: str) -> dict:
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+    """The tensors of a .safetensors file, verified (:func:`verify_tensors`); a truncated or
+    malformed file is a :class:`CheckpointError` naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...: a damaged file)
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
+                              "it may be truncated or damaged.") from e
+    return verify_tensors(tensors, meta, str(path))
 
 
 def build_from_meta(meta: dict, backbone: str | None = None, where: str = "checkpoint") -> tuple[nn.Module, Config]:
@@ -411,16 +468,30 @@ def load_training_state(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"Training state {p} not found; cannot resume exactly.")
-    with safe_open(str(p), framework="pt") as f:
-        skel = json.loads(f.metadata()["fgir_state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            skel = json.loads(meta["fgir_state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001  (SafetensorError, KeyError, JSON: a truncated or foreign file)
+        raise CheckpointError(f"Training state {p} is unreadable ({type(e).__name__}: {e}); it may be "
+                              "truncated.") from e
+    verify_tensors(tensors, meta, f"Training state {p}", finite=False)
     return unflatten_state(skel, tensors)
 
 
+def state_files(run_dir: Path) -> list[Path]:
+    """The run's training states, newest epoch first."""
+    return sorted(run_dir.glob("state_e*.safetensors"), key=lambda q: q.name, reverse=True)
+
+
 def prune_states(run_dir: Path, keep: str) -> None:
-    for p in run_dir.glob("state_e*.safetensors"):
-        if p.name != keep:
-            p.unlink(missing_ok=True)
+    """Keep the state ``keep`` and the one before it (the fallback when the newest is damaged)."""
+    older = [q for q in state_files(run_dir) if q.name < keep]
+    spare = older[0].name if older else ""
+    for q in run_dir.glob("state_e*.safetensors"):
+        if q.name not in (keep, spare):
+            q.unlink(missing_ok=True)
 
 
 def checkpoint_meta(cfg: Config, num_classes: int, class_names: list[str], epoch: int, step: int,

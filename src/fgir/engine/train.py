@@ -601,7 +601,14 @@ def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, 
     states saved before they were kept)."""
     path = ckpt.resolve_checkpoint(Path(resume) / "last.safetensors" if Path(resume).is_dir() else resume)
     meta = ckpt.read_meta(path)
-    state = ckpt.load_training_state(path.parent / meta["state_file"])
+    try:
+        state = ckpt.load_training_state(path.parent / meta["state_file"])
+    except ckpt.CheckpointError as e:  # damaged newest state: fall back to the one before it
+        older = [q for q in ckpt.state_files(path.parent) if q.name < meta["state_file"]]
+        if not older:
+            raise
+        print(f"fgir: {e} Falling back to {older[0].name}.", flush=True)
+        state = ckpt.load_training_state(older[0])
     full = not meta.get("adapter_only")  # adapter-only: the backbone came from model.checkpoint
     ckpt.load_weights_into(task.model, state["model"], where=str(path), strict=full)
     optimizer.load_state_dict(state["optimizer"])
