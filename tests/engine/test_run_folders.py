@@ -281,3 +281,33 @@ def test_resume_while_another_process_writes_the_run_is_refused(tiny_root, tmp_p
             train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=2"), resume=res["run_dir"])
     finally:
         other.stop()
+
+
+def test_resume_with_a_changed_lr_is_refused_naming_the_key(tiny_root, tmp_path):
+    from fgir.config import ConfigError
+    from fgir.engine.train import train
+
+    res = train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
+    with pytest.raises(ConfigError, match=r"optim\.lr 0\.01 -> 0\.05.*--resume-override"):
+        train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=2", "optim.lr=0.05", "data.test_split="),
+              resume=res["run_dir"])
+
+
+def test_resume_override_records_what_changed(tiny_root, tmp_path):
+    from fgir.engine.train import train
+
+    res = train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
+    train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=2", "optim.lr=0.05", "data.test_split="),
+          resume=res["run_dir"], resume_override=True)
+    hist = [json.loads(x) for x in (Path(res["run_dir"]) / "resume_history.jsonl").read_text().splitlines()]
+    assert hist[0]["changed"]["optim.lr"] == [0.01, 0.05] and hist[0]["epoch"] == 1
+    assert load_config([str(Path(res["run_dir"]) / "config.yaml")]).optim.lr == 0.05
+
+
+def test_extending_epochs_replans_the_schedule(tiny_root, tmp_path):
+    from fgir.engine.train import train
+
+    res = train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=2", "data.test_split="))
+    train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=4", "data.test_split="), resume=res["run_dir"])
+    lrs = [json.loads(x)["lr"] for x in (Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 4 and lrs[2] > lrs[1]  # the 4-epoch cosine sits above the old one's end

@@ -31,7 +31,9 @@ def cmd_train(a) -> int:
     if a.resume and a.overwrite:
         raise ConfigError("--resume continues a run folder and --overwrite replaces one; use one of them.")
     cfg = load_config(files, a.overrides)
-    res = train(cfg, resume=a.resume or "", overwrite=a.overwrite)
+    if a.resume_override and not a.resume:
+        raise ConfigError("--resume-override goes with --resume RUN.")
+    res = train(cfg, resume=a.resume or "", overwrite=a.overwrite, resume_override=a.resume_override)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -371,6 +373,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--config", "-c", action="append", help="YAML config (repeatable; later files win)")
     s.add_argument("--resume", default="", help="run folder to continue exactly from its last checkpoint "
                    "(a finished run is reported, not retrained)")
+    s.add_argument("--resume-override", action="store_true", help="with --resume: accept config changes that "
+                   "break exactness (lr, data, model, ...); they are printed and recorded in resume_history.jsonl")
     s.add_argument("--overwrite", action="store_true", help="replace the run folder of the same name (deleted only "
                    "once the new run starts); default: a folder holding another run gets a -2, -3, ... suffix")
     _add_overrides(s)

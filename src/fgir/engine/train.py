@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..benchmarks.flops import count_macs
-from ..config import Config, save_config
+from ..config import Config, ConfigError, save_config
 from ..data.datasets import ManifestDataset
 from ..data.loader import ArrayLoader, DecodeLoader
 from ..data.transforms import BatchTransform, stored_size
@@ -355,7 +355,39 @@ def _start_header(cfg: Config, run_dir: Path, info: DistInfo, start: str, splits
     return "\n".join(lines)
 
 
-def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
+RESUME_SAFE_KEYS = ("run.progress", "run.threads", "run.device", "run.tensorboard", "run.time_budget_s",
+                    "run.output_dir", "run.name", "data.root", "data.cache", "data.cache_dir", "data.num_workers",
+                    "run.eval_every")
+"""Config keys a resume may change without breaking exactness (where and how, not what, is trained)."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_changes(run_dir: Path, cfg: Config) -> dict[str, tuple]:
+    """``{key: (saved, now)}`` for the keys where ``cfg`` differs from the run's ``config.yaml``,
+    leaving out :data:`RESUME_SAFE_KEYS`."""
+    import yaml
+
+    from ..config import config_from_dict, to_dict
+
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return {}
+    saved = _flat(to_dict(config_from_dict(yaml.safe_load(saved_file.read_text()) or {})))
+    now = _flat(to_dict(cfg))
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k) and k not in RESUME_SAFE_KEYS}
+
+
+def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_override: bool = False) -> dict:
     """Train ``cfg`` end to end; returns the final metrics (and the run folder under 'run_dir').
 
     A new run goes to ``run.output_dir/run_name(cfg)``; when that folder holds another run
@@ -420,8 +452,26 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False) -> dict:
     ddp = DDP(task) if info.enabled else task
     start_epoch, step, best, prior_s = 0, 0, -1.0, 0.0
     has_state = resume_dir is not None and (Path(resume).is_file() or (resume_dir / "last.safetensors").is_file())
+    changes = resume_changes(resume_dir, cfg) if has_state else {}
+    breaking = {k: v for k, v in changes.items() if k != "optim.epochs"}  # a new length re-plans the schedule
+    if breaking and not resume_override:
+        listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(breaking.items())[:6])
+        raise ConfigError(f"--resume {resume_dir}: the config differs from the run's config.yaml in what is "
+                          f"trained ({listed}); an exact resume needs the same config. Pass --resume-override "
+                          "to continue with the changes (recorded in resume_history.jsonl; a new optim.epochs "
+                          "re-plans the schedule from the current step), or start a new run with "
+                          f"model.checkpoint={resume_dir}.")
     if has_state:
-        start_epoch, step, best, saved_s = _resume(resume, task, optimizer, scheduler, scaler, ema)
+        start_epoch, step, best, saved_s = _resume(resume, task, optimizer, scheduler, scaler, ema,
+                                                   load_scheduler="optim.epochs" not in changes)
+        if changes and info.is_main:
+            print(f"resume: continuing with {len(changes)} changed key(s): "
+                  + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+                  + ("; the lr schedule is re-planned for the new optim.epochs" if "optim.epochs" in changes else ""),
+                  flush=True)
+            with open(resume_dir / "resume_history.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"epoch": start_epoch, "step": step, "changed": {k: [a, b] for k, (a, b)
+                                                                                    in changes.items()}}) + "\n")
         prior_s = saved_s if saved_s is not None else _logged_time(resume_dir, start_epoch)
     # Everything is built: the run starts, and only now its folder is created (or replaced).
     run_dir = _open_run_dir(cfg, info, resume_dir, overwrite)
@@ -596,7 +646,8 @@ def _deploy_meta(cfg, task, num_classes, class_names, epoch, step, row, census):
                                         "trainable": census["model"]["trainable"], "ttp": census.get("ttp", {})})
 
 
-def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, int, float, float | None]:
+def _resume(resume: str, task, optimizer, scheduler, scaler, ema, load_scheduler: bool = True
+            ) -> tuple[int, int, float, float | None]:
     """Load the training state; returns epoch, step, best and the training seconds so far (None for
     states saved before they were kept)."""
     path = ckpt.resolve_checkpoint(Path(resume) / "last.safetensors" if Path(resume).is_dir() else resume)
@@ -612,7 +663,8 @@ def _resume(resume: str, task, optimizer, scheduler, scaler, ema) -> tuple[int, 
     full = not meta.get("adapter_only")  # adapter-only: the backbone came from model.checkpoint
     ckpt.load_weights_into(task.model, state["model"], where=str(path), strict=full)
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    if load_scheduler:  # else: the schedule built for the new optim.epochs takes over at this step
+        scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema"):
