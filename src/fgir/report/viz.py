@@ -82,3 +82,16 @@ def run_viz(kind: str, checkpoint: str | os.PathLike, image: str | os.PathLike, 
         dest = dest / f"{img.stem}_{kind}.png"
     dest.parent.mkdir(parents=True, exist_ok=True)
     return [Path(p) for p in fn(model, str(img), dest, **options)]
+
+
+def save_panels(fig, axes, out: str | os.PathLike, dpi: int = 110) -> list[Path]:
+    """Image panels without ticks, written to ``out`` (PNG) and closed: the end of every ``fgir viz``
+    kind. Returns ``[Path(out)]``."""
+    import matplotlib.pyplot as plt
+
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return [Path(out)]

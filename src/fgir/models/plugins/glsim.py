@@ -490,12 +490,9 @@ def _register_viz() -> None:
         pred = int(res["logits"][0].argmax())
         names = (getattr(model, "fgir_meta", None) or {}).get("class_names") or []
         fig.suptitle(f"GLSim: predicted {names[pred] if pred < len(names) else pred}", fontsize=11)
-        for a in axes:
-            a.set_xticks([])
-            a.set_yticks([])
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return [out]
+        from ...report.viz import save_panels
+
+        return save_panels(fig, axes, out)
 
 
 _register_viz()

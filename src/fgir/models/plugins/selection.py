@@ -255,12 +255,9 @@ def _register_viz() -> None:
                             interpolation="bilinear")
         fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02, label="rollout weight")
         axes[1].set_title(f"attention rollout over {n_blocks} blocks")
-        for a in axes:
-            a.set_xticks([])
-            a.set_yticks([])
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return [out]
+        from ...report.viz import save_panels
+
+        return save_panels(fig, axes, out)
 
 
 _register_viz()

@@ -70,7 +70,7 @@ def _register_viz() -> None:
         import numpy as np
         from matplotlib.patches import Patch
 
-        from ....report.viz import model_input
+        from ....report.viz import model_input, save_panels
 
         x, shown = model_input(model, image, device=str(next(model.parameters()).device))
         fates = token_fate(model, x)
@@ -102,16 +102,11 @@ def _register_viz() -> None:
                          f"{kept} kept alone, {int(grouped.sum())} in {groups} group{'' if groups == 1 else 's'}, "
                          f"{int(dropped.sum())} dropped",
                          fontsize=8)
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
         fig.legend(handles=[Patch(color=(0.05, 0.05, 0.05), label="dropped"),
                             Patch(color=palette(_COLOURS[0]), label="fused / merged / pooled (colour = output token)"),
                             Patch(facecolor="white", edgecolor="gray", label="kept alone")],
                    loc="outside lower center", ncol=3, fontsize=8)
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return [out]
+        return save_panels(fig, axes, out)
 
 
 
