@@ -75,19 +75,26 @@ def read_split(path: str | os.PathLike) -> list[Row]:
     if not p.is_file():
         raise ManifestError(f"Split file not found: {p}")
     rows: list[Row] = []
+    for i, cid, rec in _id_records(p, SPLIT_HEADER):
+        rows.append(Row(cid, rec[1], i))
+    return rows
+
+
+def _id_records(p: Path, header: list[str]):
+    """``(line, class_id, fields)`` of a two-column ``class_id,<x>`` CSV (:func:`_csv_records`):
+    blank lines and the header are skipped; a short row or a non-integer id names ``file:line``."""
     for i, rec in _csv_records(p):
         if not rec or all(not c.strip() for c in rec):
             continue
-        if i == 1 and [c.strip() for c in rec[:2]] == SPLIT_HEADER:
+        if i == 1 and [c.strip() for c in rec[:2]] == header:
             continue
         if len(rec) < 2:
-            raise ManifestError(f"{p}:{i}: expected 'class_id,dir', got {rec!r}.")
+            raise ManifestError(f"{p}:{i}: expected '{','.join(header)}', got {rec!r}.")
         try:
             cid = int(rec[0])
         except ValueError as e:
             raise ManifestError(f"{p}:{i}: class_id must be an integer, got {rec[0]!r}.") from e
-        rows.append(Row(cid, rec[1], i))
-    return rows
+        yield i, cid, rec
 
 
 def _csv_records(p: Path):
@@ -157,22 +164,13 @@ def read_class_table(path: str | os.PathLike) -> list[str]:
     if not p.is_file():
         raise ManifestError(f"Class table not found: {p}")
     names: dict[int, str] = {}
-    with p.open(newline="", encoding="utf-8") as fh:
-        for i, rec in enumerate(csv.reader(fh), start=1):
-            if not rec or (i == 1 and [c.strip() for c in rec[:2]] == CLASS_HEADER):
-                continue
-            if len(rec) < 2:
-                raise ManifestError(f"{p}:{i}: expected 'class_id,class_name', got {rec!r}.")
-            try:
-                cid = int(rec[0])
-            except ValueError as e:
-                raise ManifestError(f"{p}:{i}: class_id must be an integer, got {rec[0]!r}.") from e
-            name = rec[1]
-            if name.endswith("'") and name.count("'") % 2 == 1:
-                name = name[:-1]
-            if cid in names:
-                raise ManifestError(f"{p}:{i}: class_id {cid} appears twice.")
-            names[cid] = name
+    for i, cid, rec in _id_records(p, CLASS_HEADER):
+        name = rec[1]
+        if name.endswith("'") and name.count("'") % 2 == 1:
+            name = name[:-1]
+        if cid in names:
+            raise ManifestError(f"{p}:{i}: class_id {cid} appears twice.")
+        names[cid] = name
     k = len(names)
     if sorted(names) != list(range(k)):
         missing = sorted(set(range(k)) - set(names))[:5]
