@@ -13,9 +13,18 @@ from fgir.models.factory import model_names
 OURS = model_names(include_timm=False)
 
 
+def create_model_64(name, **kwargs):
+    """``name`` built for the tests' 64 px inputs (fixed-input-size models are built for 64 px)."""
+    from timm.models import get_pretrained_cfg
+
+    if getattr(get_pretrained_cfg(name), "fixed_input_size", False):
+        kwargs.setdefault("img_size", 64)
+    return create_model(name, **kwargs)
+
+
 @pytest.mark.parametrize("name", OURS)
 def test_forward_shapes_and_finite(name):
-    m = create_model(name, num_classes=4).eval()
+    m = create_model_64(name, num_classes=4).eval()
     with torch.no_grad():
         out = m(torch.rand(2, 3, 64, 64))
     assert out.shape == (2, 4) and torch.isfinite(out).all()
@@ -23,7 +32,7 @@ def test_forward_shapes_and_finite(name):
 
 @pytest.mark.parametrize("name", OURS)
 def test_contract_methods(name):
-    m = create_model(name, num_classes=4).eval()
+    m = create_model_64(name, num_classes=4).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         feats = m.forward_features(x)
@@ -37,8 +46,8 @@ def test_contract_methods(name):
 
 @pytest.mark.parametrize("name", OURS)
 def test_save_load_gives_identical_outputs(name):
-    m = create_model(name, num_classes=4).eval()
-    m2 = create_model(name, num_classes=4).eval()
+    m = create_model_64(name, num_classes=4).eval()
+    m2 = create_model_64(name, num_classes=4).eval()
     load_weights_into(m2, {k: v.clone() for k, v in m.state_dict().items()}, where="test")
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -47,7 +56,7 @@ def test_save_load_gives_identical_outputs(name):
 
 @pytest.mark.parametrize("name", OURS)
 def test_every_parameter_gets_a_gradient(name):
-    m = create_model(name, num_classes=4).train()
+    m = create_model_64(name, num_classes=4).train()
     m(torch.rand(2, 3, 64, 64)).sum().backward()
     missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing

@@ -13,6 +13,7 @@ Python API (mirrors the CLI)::
     rows = fgir.evaluate(["runs/a", "runs/b"], split="test", results_csv="results.csv")
     preds = fgir.predict("runs/demo", ["img.jpg", "some_folder/"], topk=5, out="preds.jsonl")
     info = fgir.cost("lrnet14", img_size=224, num_classes=200, plugins=["cal"])
+    rows = fgir.bench(["resnet18", "runs/demo"], img_size=224, batch_size=[1, 32], device="cuda", train=True)
 """
 
 __version__ = "0.1.0"
@@ -147,6 +148,49 @@ def cost(model, img_size=224, num_classes: int = 200, plugins=None, *, attention
     return rows if not isinstance(model, str) or isinstance(img_size, (list, tuple)) else rows[0]
 
 
+def bench(models, img_size=None, batch_size=32, *, device: str = "auto", dtype: str | None = None, plugins=None,
+          num_classes: int = 200, trainable=None, inference: str = "", train: bool = False, repeats: int = 3,
+          warmup: int = 10, iters: int = 50, min_seconds: float = 10.0, threads: int | None = None,
+          memory: bool = True, macs: bool = True, out_dir="bench_results"):
+    """``fgir bench``: params, GMACs, batch-1 latency, batch throughput, peak memory (and with
+    ``train`` the training-step throughput) of each model x size x batch size.
+
+    Args:
+        models: a registry / timm name, a checkpoint (run folder or ``.safetensors``), a built
+            ``nn.Module``, or a list of them.
+        img_size: a size or a list; None = 224 for names, the deployed size for checkpoints.
+        batch_size: a batch size or a list (batch-1 latency is always measured).
+        device, dtype: ``auto``/``cpu``/``cuda[:N]``; ``fp32``/``bf16``/``fp16`` (None: fp16 on CUDA,
+            fp32 on CPU; fp16 needs CUDA).
+        plugins: plug-in entries for names (``["cal"]``, a comma-separated string, or dicts).
+        num_classes, trainable, inference: head size and ``model.trainable`` for names; the
+            inference variant to time (empty: the checkpoint's own).
+        train: also time forward + backward + optimiser steps.
+        repeats, warmup, iters, min_seconds, threads: timing protocol (spec: 3, 10, 50, 10 s).
+        memory, macs: measure peak memory / count GMACs.
+        out_dir: append the rows to ``<out_dir>/bench_<fingerprint>.csv``; None = no file.
+
+    Returns:
+        One dict per model x size x batch with the columns of
+        :data:`fgir.benchmarks.bench.BENCH_COLUMNS`.
+    """
+    import os
+
+    import torch.nn as nn
+
+    from .benchmarks.bench import run_bench
+
+    if isinstance(plugins, str):
+        plugins = [p.strip() for p in plugins.split(",") if p.strip()]
+    models = [models] if isinstance(models, (str, os.PathLike, nn.Module)) else list(models)
+    sizes = None if img_size is None else list(img_size) if isinstance(img_size, (list, tuple)) else [img_size]
+    batches = list(batch_size) if isinstance(batch_size, (list, tuple)) else [batch_size]
+    return run_bench([m if isinstance(m, nn.Module) else str(m) for m in models], sizes, batches, device=device,
+                     dtype=dtype, plugins=plugins, num_classes=num_classes, trainable=trainable, inference=inference,
+                     train=train, repeats=repeats, warmup=warmup, iters=iters, min_seconds=min_seconds,
+                     threads=threads, memory=memory, macs=macs, out_dir=out_dir)
+
+
 def predict(checkpoint, images, topk: int = 5, *, batch_size: int = 32, device: str = "", inference: str = "",
             out: str = "", on_skip=None) -> list[dict]:
     """``fgir predict``: top-k classes for image files, folders (recursive) or PIL images.
@@ -185,5 +229,5 @@ def predict(checkpoint, images, topk: int = 5, *, batch_size: int = 32, device: 
     return rows
 
 
-__all__ = ["Config", "load_config", "create_model", "create_dataset", "train", "load", "evaluate", "cost", "predict",
-           "__version__"]
+__all__ = ["Config", "load_config", "create_model", "create_dataset", "train", "load", "evaluate", "cost", "bench",
+           "predict", "__version__"]

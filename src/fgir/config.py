@@ -106,6 +106,8 @@ class DataConfig:
     """Images that share one RandAugment/TrivialAugment draw (1 = per image; >1 trades augmentation diversity for speed)."""
     random_erasing: float = 0.0
     """Random erasing probability (after normalisation)."""
+    color_jitter: list = field(default_factory=list)
+    """Training colour jitter [brightness, contrast, saturation, hue] as torchvision ColorJitter (factors drawn per image, ops in a random order per image, after the flip); empty = off (Animesion: [0.1, 0.1, 0.1, 0.1])."""
     mean: list = field(default_factory=list)
     """Normalisation mean; empty = the model's pretrained_cfg."""
     std: list = field(default_factory=list)
@@ -124,6 +126,10 @@ class DataConfig:
     """Own data (data.name=folder): train/val/test fractions carving a flat <class>/* tree or a CSV list without a split column, per class (see `fgir data prepare --help`)."""
     exclude: str = ""
     """File of image paths (as in the split CSVs, one per line) removed from every split when loading, e.g. the test images with a copy in train that `fgir data check --exclude FILE` writes; empty = none."""
+    sampler: str = "uniform"
+    """How a training epoch draws images: uniform (a shuffled pass over all), class_balanced (every class equally likely) or sqrt (class probability proportional to sqrt(images of the class)); the last two draw as many images with replacement, seeded by (run.seed, epoch)."""
+    longtail_thresholds: list = field(default_factory=lambda: [20, 100])
+    """Head/medium/tail buckets of the test report by training images per class [t, h]: tail < t, medium t..h, head > h (Animesion: [20, 100]); [] = no buckets."""
 
 
 @dataclass
@@ -148,6 +154,8 @@ class OptimConfig:
     """Warm-up length in steps; overrides warmup_epochs when > 0 (reference engine: 500)."""
     warmup_lr: float = 1e-6
     """Learning rate at the start of warm-up."""
+    warmup_prefix: bool = False
+    """The cosine/step decay spans the steps after the warm-up (timm warmup_prefix; Animesion's warmupCosine) instead of counting from step 0."""
     sched_unit: str = "step"
     """When the schedule moves: step (every optimizer step) or epoch (held for a whole epoch, as timm's per-epoch CosineLRScheduler; CLCA recipe)."""
     cooldown_epochs: int = 0
@@ -250,6 +258,7 @@ class Config:
         if self.model.img_size < 0:
             raise ConfigError(f"model.img_size must be >= 0 (0 = data.img_size), got {self.model.img_size}.")
         d.split_fractions = _check_split_fractions(d.split_fractions)
+        d.longtail_thresholds = _check_longtail_thresholds(d.longtail_thresholds)
         if d.aug_group < 1:
             raise ConfigError(f"data.aug_group must be >= 1 (1 = one augmentation draw per image), got {d.aug_group}.")
         if not 0 <= self.optim.label_smoothing < 1:
@@ -261,6 +270,7 @@ class Config:
                 raise ConfigError(f"model.trainable entries are presets or glob patterns (strings), got {t!r}.")
         _check_rules(self)
         _check_mean_std(d)
+        d.color_jitter = _check_color_jitter(d.color_jitter)
         if self.optim.warmup_lr > self.optim.lr or self.optim.min_lr > self.optim.lr:
             raise ConfigError(f"optim.warmup_lr={self.optim.warmup_lr:g} and optim.min_lr={self.optim.min_lr:g} must "
                               f"not exceed optim.lr={self.optim.lr:g}.")
@@ -296,6 +306,7 @@ FIELD_RULES: dict[str, tuple] = {
                           "'', 'trivial', 'augmix' or timm-style 'rand-m9-n2'"),
     "data.aug_group": ("range", 1, _INF, True, False),
     "data.random_erasing": ("range", 0, 1, True, True),
+    "data.color_jitter": ("checked", "empty or four numbers >= 0, hue <= 0.5 (Config.validate)"),
     "data.mean": ("checked", "empty or three numbers (Config.validate)"),
     "data.std": ("checked", "empty or three numbers > 0 (Config.validate)"),
     "data.cache_dir": ("checked", "created when the cache is written"),
@@ -303,6 +314,8 @@ FIELD_RULES: dict[str, tuple] = {
     "data.num_classes": ("range", 0, _INF, True, False),
     "data.split_fractions": ("checked", "three fractions summing to 1 (Config.validate)"),
     "data.exclude": ("checked", "the file is read when the splits load (missing: one-line error)"),
+    "data.sampler": ("choice", ["uniform", "class_balanced", "sqrt"]),
+    "data.longtail_thresholds": ("checked", "[] or two integers 0 < t <= h (Config.validate)"),
     "optim.opt": ("pattern", r"[A-Za-z0-9_\-]+", "a timm optimizer name (checked when it is built)"),
     "optim.lr": ("range", 0, _INF, False, False),
     "optim.weight_decay": ("range", 0, _INF, True, False),
@@ -375,6 +388,36 @@ def _check_mean_std(d: DataConfig) -> None:
         setattr(d, key.split(".")[1], nums)
     if bool(d.mean) != bool(d.std):
         raise ConfigError("data.mean and data.std go together: set both (three numbers each) or neither.")
+
+
+def _check_color_jitter(value: Any) -> list[float]:
+    """``data.color_jitter``: [] or four numbers [brightness, contrast, saturation, hue] >= 0, hue <= 0.5."""
+    if not value:
+        return []
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 4 or min(vals) < 0 or vals[3] > 0.5 or any(v != v for v in vals):
+        raise ConfigError(f"data.color_jitter={value!r} is not allowed; expected [] (off) or four numbers "
+                          "[brightness, contrast, saturation, hue] >= 0 with hue <= 0.5, e.g. [0.1, 0.1, 0.1, 0.1].")
+    return vals
+
+
+def _check_longtail_thresholds(value: Any) -> list[int]:
+    """``data.longtail_thresholds``: [] or [t, h], integers with 0 < t <= h (CLI lists arrive as strings)."""
+    if not value:
+        return []
+    try:
+        vals = [int(v) for v in value]
+        ok = len(vals) == 2 and 0 < vals[0] <= vals[1] and all(float(v) == int(v) for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"data.longtail_thresholds={value!r} is not allowed; expected [] (no buckets) or two "
+                          "integers [t, h] with 0 < t <= h: tail < t, medium t..h, head > h training images per "
+                          "class, e.g. [20, 100].")
+    return vals
 
 
 def _check_split_fractions(value: Any) -> list[float]:
@@ -471,6 +514,11 @@ def _coerce(key: str, value: Any, tp: Any, default: Any) -> Any:
             value = [v for v in value.split(",") if v] if value else []
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} expects a list, got {value!r}.")
+        elem = (typing.get_args(tp) or [None])[0]
+        if elem is None and isinstance(default, list) and default and all(type(v) is int for v in default):
+            elem = int  # an untyped list holding integers (block indices): its entries must be integers too
+        if elem is int:
+            return [_coerce(f"{key}[{i}]", v, int, None) for i, v in enumerate(value)]
         return list(value)
     if tp is dict or origin is dict:
         if not isinstance(value, dict):

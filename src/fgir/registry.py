@@ -88,13 +88,14 @@ class Registry:
 
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
-TASKS = Registry("task", autoload=("fgir.engine.classification", "fgir.engine.distill", "fgir.models.plugins"))
+TASKS = Registry("task", autoload=("fgir.engine.classification", "fgir.engine.distill", "fgir.engine.tagging",
+                                    "fgir.models.plugins"))
 """Training tasks: name -> builder ``(cfg, model, num_classes, **kw) -> Task``; meta ``config`` is the
 task's config dataclass (a :class:`fgir.config.TaskConfig` subclass)."""
 PLUGINS = Registry("plugin", autoload=("fgir.models.plugins",))
 """Model plug-ins: name -> ``apply(model, cfg) -> model``; meta ``config`` is the plug-in's config
 dataclass (a :class:`fgir.config.PluginConfig` subclass). See :mod:`fgir.models.plugins`."""
-VIZ = Registry("visualisation", autoload=("fgir.report.viz", "fgir.models.plugins"))
+VIZ = Registry("visualisation", autoload=("fgir.report.viz", "fgir.report.cam", "fgir.models.plugins"))
 """``fgir viz KIND CKPT IMG``: name -> ``fn(model, image, out, **options) -> list[Path]`` drawing PNGs
 for one image; meta ``help`` (one line) and ``options`` (``{flag: (type, default, help)}``). Register with
 :func:`fgir.report.viz.register_viz` next to the code whose behaviour it shows."""

@@ -19,9 +19,13 @@ FAMILIES = {
 
 def make_checkpoint(folder: Path, name: str, plugins: list, kwargs: dict, img_size: int = 32,
                     class_names=("red_disc", "green_square", "blue_bar"), seed: int = 0,
-                    metrics: dict | None = None) -> Path:
+                    metrics: dict | None = None, perturb_zeros: bool = False) -> Path:
     """Build the deployed model of a tiny config, give BatchNorm non-trivial statistics, and
-    save it as ``folder/last.safetensors`` with the metadata training writes."""
+    save it as ``folder/last.safetensors`` with the metadata training writes.
+
+    ``perturb_zeros``: fill every all-zero parameter (zero-initialised LoRA B, adapter
+    up-projections, GLSim's head, biases) with small random values, so that every plug-in part
+    changes the output, as after training."""
     from fgir.config import load_config
     from fgir.engine.build import build_model, normalization
     from fgir.engine.checkpoint import checkpoint_meta, save_weights
@@ -44,6 +48,9 @@ def make_checkpoint(folder: Path, name: str, plugins: list, kwargs: dict, img_si
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+        for p in model.parameters() if perturb_zeros else ():
+            if p.numel() and not bool(p.ne(0).any()):
+                p.normal_(0.0, 0.05)
     mean, std = normalization(cfg, model)
     meta = checkpoint_meta(cfg, len(class_names), list(class_names), 3, 30, mean, std, metrics or {})
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from fgir.report.viz import run_viz
 VIT = ["model.name=vit_tiny_patch16_224", "model.kwargs={depth: 4}", "data.img_size=64", "data.test_split=",
        "optim.epochs=1", "run.max_steps_per_epoch=1"]
 PLUGINS = {  # kind -> the plug-ins its checkpoint needs
+    "cam": "[]",
     "glsim": "[{name: glsim, top_o: 2}]",
     "rollout": "[]",
     "tokens": "[{name: token_reduction, method: evit, keep_rate: 0.5, locations: [1, 2]}]",

@@ -3,7 +3,7 @@
 :func:`measure_throughput` times inference on a pre-allocated device tensor in ``eval()`` and
 ``torch.inference_mode()``, discards the warm-up, synchronises CUDA before reading the start time
 and after the last iteration, runs at least ``iters`` iterations and ``min_seconds`` per repeat
-and reports the median of ``repeats``. :func:`measure_train_step_rate` times forward + backward +
+and reports the median of ``repeats``. :func:`measure_train_throughput` times forward + backward +
 optimiser step on in-memory tensors: the ceiling the data pipeline is compared against
 (end-to-end training img/s must reach >= 95 % of it).
 
@@ -180,6 +180,23 @@ def _check_counts(warmup: int, iters: int, repeats: int, min_seconds: float, bat
                          f"warmup={warmup}, iters={iters}, repeats={repeats}, min_seconds={min_seconds}")
 
 
+def _reset_cuda_peak(device: torch.device) -> float | None:
+    """Empty the cache and reset the peak counters; MiB allocated now (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device) / 2**20
+
+
+def _cuda_peak(device: torch.device, before: float | None) -> dict[str, float | None]:
+    is_cuda = device.type == "cuda"
+    return {"peak_mem_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20 if is_cuda else None,
+            "peak_mem_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20 if is_cuda else None,
+            "mem_allocated_before_mib": before}
+
+
 def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_size: int = 32,
                        device: str | torch.device = "cpu", dtype: str | None = None, warmup: int = 10,
                        iters: int = 50, min_seconds: float = 10.0, repeats: int = 3,
@@ -208,7 +225,9 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
         A flat dict: ``img_per_s`` (median over repeats), ``img_per_s_repeats``, ``latency_ms_median``
         and ``latency_ms_p90`` (per batch, over every timed iteration; on CUDA the steady-state
         time between CUDA events, with no host sync per iteration), ``iters_per_repeat``,
-        ``peak_mem_allocated_mib`` and ``peak_mem_reserved_mib`` (None on CPU), plus the
+        ``peak_mem_allocated_mib`` and ``peak_mem_reserved_mib`` (CUDA allocator peaks over
+        warm-up and timing: weights, input, activations, workspace), ``mem_allocated_before_mib``
+        (allocated before the first forward: weights and input; all three None on CPU), plus the
         :func:`environment` fingerprint.
     """
     _check_counts(warmup, iters, repeats, min_seconds, batch_size)
@@ -222,9 +241,7 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
             model.to(memory_format=torch.channels_last)
         model.eval()
         x = torch.randn(batch_size, in_chans, h, w, device=dev).contiguous(memory_format=fmt)
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
+        before = _reset_cuda_peak(dev)
 
         def step() -> Any:
             with _autocast(dev, dtype):
@@ -239,7 +256,6 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
         finally:
             model.train(was_training)
         rates = [batch_size * n / s for n, s in zip(counts, seconds)]
-        is_cuda = dev.type == "cuda"
         result: dict[str, Any] = {
             "img_per_s": statistics.median(rates),
             "img_per_s_repeats": rates,
@@ -248,8 +264,7 @@ def measure_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_
             "iters_per_repeat": counts,
             "seconds_per_repeat": seconds,
             "warmup": warmup,
-            "peak_mem_allocated_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if is_cuda else None,
-            "peak_mem_reserved_mib": torch.cuda.max_memory_reserved(dev) / 2**20 if is_cuda else None,
+            **_cuda_peak(dev, before),
         }
         result.update(environment(dev, dtype, batch_size, img_size, threads, channels_last))
     return result
@@ -267,6 +282,108 @@ def _logits(out: Any) -> torch.Tensor:
 
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_train_step(model: nn.Module, x: torch.Tensor, device: str | torch.device = "cpu", dtype: str = "fp32",
+                    optimizer_factory: OptimizerFactory | None = None, grad_clip: float | None = None,
+                    loss_fn: LossFn | None = None, num_classes: int | None = None) -> Callable[[], None]:
+    """One engine-like training step on the fixed batch ``x``, as a closure: forward under autocast
+    at ``dtype`` (GradScaler for fp16 on CUDA), loss on random labels, backward, optional global
+    grad-norm clipping, optimiser step, ``zero_grad(set_to_none=True)``. The model is put in train
+    mode; its trainable (``requires_grad``) parameters are optimised.
+
+    Args:
+        model: module returning logits (a tensor, a dict with ``logits`` or a tuple).
+        x: the input batch, already on ``device``.
+        device, dtype: where and at which autocast precision the step runs.
+        optimizer_factory: ``params -> optimizer``; default SGD(lr=1e-3, momentum=0.9), the
+            engine's optimiser family.
+        grad_clip: max global grad norm, None = off.
+        loss_fn: ``(logits, target) -> loss``; default cross-entropy.
+        num_classes: range of the random labels; None = read from one no-grad forward.
+    """
+    dev = torch.device(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; unfreeze some or check the "
+                         "method's freezing rule")
+    optimizer = (optimizer_factory or (lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)))(params)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == "fp16" and dev.type == "cuda")
+    loss_fn = loss_fn or F.cross_entropy
+    if num_classes is None:
+        with torch.no_grad(), _autocast(dev, dtype):
+            num_classes = _logits(model(x)).shape[-1]
+    target = torch.randint(0, num_classes, (x.shape[0],), device=dev)
+
+    def step() -> None:
+        with _autocast(dev, dtype):
+            loss = loss_fn(_logits(model(x)).float(), target)
+        scaler.scale(loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure_train_throughput(model: nn.Module, img_size: int | tuple[int, int], batch_size: int,
+                             optimizer_factory: OptimizerFactory | None = None, steps: int = 50, warmup: int = 10,
+                             device: str | torch.device = "cpu", dtype: str | None = None, repeats: int = 3,
+                             min_seconds: float = 0.0, grad_clip: float | None = None, channels_last: bool = False,
+                             threads: int | None = None, in_chans: int = 3, loss_fn: LossFn | None = None
+                             ) -> dict[str, Any]:
+    """Training img/s of forward + backward + optimiser step on in-memory tensors, with the spread
+    over repeats and (on CUDA) the allocator peak.
+
+    Mirrors the engine's step (:func:`make_train_step`). The model's weights are updated (pass a
+    copy to keep them) and its train/eval mode is restored afterwards.
+
+    Args:
+        model: module in train mode returning logits (a tensor, a dict with ``logits`` or a tuple).
+        img_size: S or (H, W).
+        batch_size: B, as in the training run it will be compared with.
+        optimizer_factory: ``params -> optimizer``; default SGD(lr=1e-3, momentum=0.9).
+        steps: timed steps per repeat; warmup: discarded steps (they also allocate gradients and
+            optimiser state).
+        device, dtype, channels_last, threads, in_chans: as in :func:`measure_throughput`.
+        repeats, min_seconds: repeat count and minimum seconds per repeat.
+        grad_clip: max global grad norm (the engine clips at 1.0 on the fp16 path), None = off.
+        loss_fn: ``(logits, target) -> loss``; default cross-entropy on random labels.
+
+    Returns:
+        ``img_per_s`` (median over repeats), ``img_per_s_repeats``, ``step_ms_median`` (per step,
+        over every timed step), ``iters_per_repeat``, ``seconds_per_repeat``, ``warmup``, and on
+        CUDA ``peak_mem_allocated_mib`` / ``peak_mem_reserved_mib`` (weights, gradients, optimiser
+        state, activations) and ``mem_allocated_before_mib`` (None on CPU).
+    """
+    _check_counts(warmup, steps, repeats, min_seconds, batch_size)
+    dev, dtype = _resolve(device, dtype)
+    h, w = _hw(img_size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    with _num_threads_and_device(threads, dev):
+        model.to(dev)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        x = torch.randn(batch_size, in_chans, h, w, device=dev).contiguous(memory_format=fmt)
+        before = _reset_cuda_peak(dev)
+        try:
+            step = make_train_step(model, x, dev, dtype, optimizer_factory, grad_clip, loss_fn)
+            for _ in range(warmup):
+                step()
+            _sync(dev)
+            counts, seconds, per_step = _run_repeats(step, dev, steps, min_seconds, repeats)
+        finally:
+            model.train(was_training)
+        rates = [batch_size * n / s for n, s in zip(counts, seconds)]
+        return {"img_per_s": statistics.median(rates), "img_per_s_repeats": rates,
+                "step_ms_median": statistics.median(per_step), "iters_per_repeat": counts,
+                "seconds_per_repeat": seconds, "warmup": warmup, **_cuda_peak(dev, before)}
 
 
 def measure_train_step_rate(model: nn.Module, img_size: int | tuple[int, int], batch_size: int,
@@ -275,64 +392,8 @@ def measure_train_step_rate(model: nn.Module, img_size: int | tuple[int, int], b
                             dtype: str | None = None, repeats: int = 3, min_seconds: float = 0.0,
                             grad_clip: float | None = None, channels_last: bool = False,
                             threads: int | None = None, in_chans: int = 3,
-                            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                            ) -> float:
-    """Training img/s of forward + backward + optimiser step on in-memory tensors (median of repeats).
-
-    Mirrors the engine's step: autocast at ``dtype`` with a GradScaler for fp16 on CUDA,
-    optional global grad-norm clipping, ``zero_grad(set_to_none=True)``. The model's weights
-    are updated (pass a copy to keep them) and its train/eval mode is restored afterwards.
-
-    Args:
-        model: module in train mode returning logits (a tensor, a dict with ``logits`` or a tuple).
-        img_size: S or (H, W).
-        batch_size: B, as in the training run it will be compared with.
-        optimizer_factory: ``params -> optimizer``; default SGD(lr=1e-3, momentum=0.9), the
-            engine's optimiser family.
-        steps: timed steps per repeat; warmup: discarded steps.
-        device, dtype, channels_last, threads, in_chans: as in :func:`measure_throughput`.
-        repeats, min_seconds: repeat count and minimum seconds per repeat.
-        grad_clip: max global grad norm (the engine clips at 1.0 on the fp16 path), None = off.
-        loss_fn: ``(logits, target) -> loss``; default cross-entropy on random labels.
-    """
-    _check_counts(warmup, steps, repeats, min_seconds, batch_size)
-    dev, dtype = _resolve(device, dtype)
-    h, w = _hw(img_size)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    was_training = model.training
-    loss_fn = loss_fn or F.cross_entropy
-    with _num_threads_and_device(threads, dev):
-        model.to(dev)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters; unfreeze some or check the "
-                             "method's freezing rule")
-        optimizer = (optimizer_factory or (lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)))(params)
-        scaler = torch.amp.GradScaler(dev.type, enabled=dtype == "fp16" and dev.type == "cuda")
-        x = torch.randn(batch_size, in_chans, h, w, device=dev).contiguous(memory_format=fmt)
-        with torch.no_grad(), _autocast(dev, dtype):
-            num_classes = _logits(model(x)).shape[-1]
-        target = torch.randint(0, num_classes, (batch_size,), device=dev)
-
-        def step() -> None:
-            with _autocast(dev, dtype):
-                loss = loss_fn(_logits(model(x)).float(), target)
-            scaler.scale(loss).backward()
-            if grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-
-        try:
-            for _ in range(warmup):
-                step()
-            _sync(dev)
-            counts, seconds, _ = _run_repeats(step, dev, steps, min_seconds, repeats)
-        finally:
-            model.train(was_training)
-    return statistics.median(batch_size * n / s for n, s in zip(counts, seconds))
+                            loss_fn: LossFn | None = None) -> float:
+    """Training img/s (median of repeats) of :func:`measure_train_throughput`, same arguments."""
+    return measure_train_throughput(model, img_size, batch_size, optimizer_factory, steps, warmup, device, dtype,
+                                    repeats, min_seconds, grad_clip, channels_last, threads, in_chans,
+                                    loss_fn)["img_per_s"]

@@ -23,6 +23,8 @@ def cmd_train(a) -> int:
     from ..engine.train import train
 
     files = list(a.config or [])
+    if a.seeds is not None or a.sweep:
+        return _train_seeds(a, files)
     if a.resume:
         run_cfg = Path(a.resume) / "config.yaml" if Path(a.resume).is_dir() else None
         if run_cfg is None or not run_cfg.is_file():
@@ -32,9 +34,48 @@ def cmd_train(a) -> int:
         raise ConfigError("--resume continues a run folder and --overwrite replaces one; use one of them.")
     cfg = load_config(files, a.overrides)
     if a.resume_override and not a.resume:
-        raise ConfigError("--resume-override goes with --resume RUN.")
+        raise ConfigError("--resume-override goes with --resume RUN (or --seeds / --sweep).")
     res = train(cfg, resume=a.resume or "", overwrite=a.overwrite, resume_override=a.resume_override)
     print(json.dumps(res, indent=2))
+    return 0
+
+
+def _train_seeds(a, files: list[str]) -> int:
+    """``fgir train --seeds ...`` / ``--sweep FILE``: multi-seed runs (fgir.engine.seeds)."""
+    from ..engine.seeds import check_seeds, run_sweep, seeds_markdown, train_seeds
+
+    flag = "--sweep" if a.sweep else "--seeds"
+    if a.seeds is not None:  # `--seeds 0 1 2 key=value ...`: argparse hands the overrides to --seeds too
+        values = [t for t in a.seeds if "=" not in t]
+        a.overrides = [*a.overrides, *(t for t in a.seeds if "=" in t)]
+        try:
+            a.seeds = [int(t) for t in values]
+        except ValueError as e:
+            raise ConfigError(f"--seeds expects integers, got {' '.join(values)!r}.") from e
+        check_seeds(a.seeds)
+    if a.resume:
+        raise ConfigError(f"{flag} resumes by itself: run the same command again (finished seeds are skipped, "
+                          "interrupted ones continue); --resume RUN continues one run folder.")
+    if any(o.split("=", 1)[0].strip() == "run.seed" for o in a.overrides):
+        raise ConfigError(f"run.seed=... and {flag} both set the seed; list the seeds with --seeds only.")
+    if a.sweep:
+        aggs = run_sweep(a.sweep, files, a.overrides, seeds=a.seeds, overwrite=a.overwrite,
+                         resume_override=a.resume_override)
+    else:
+        cfg = load_config(files, a.overrides)
+        aggs = {"": train_seeds(cfg, a.seeds, overwrite=a.overwrite, resume_override=a.resume_override)}
+    for agg in aggs.values():
+        if agg:
+            print(seeds_markdown(agg))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from ..report.compare import write_report
+
+    files = write_report(a.runs, a.out, count_macs=not a.no_macs, embed=not a.no_embed,
+                         warn=lambda m: print(f"fgir: warning: {m}", file=sys.stderr))
+    print("wrote " + ", ".join(str(files[k]) for k in ("html", "md", "scatter", "curves", "json")))
     return 0
 
 
@@ -204,6 +245,30 @@ def cmd_cost(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from ..benchmarks.bench import TABLE_HEADER, format_row, run_bench
+
+    written = {}
+
+    def start(env, path):
+        written["path"] = path
+        print(f"# fgir bench on {env['device']} ({env['device_name']}), {env['dtype']}, {env['threads']} threads, "
+              f"torch {env['torch']}{', CUDA ' + env['cuda'] if env['cuda'] else ''}; {a.repeats} repeats of "
+              f">= {a.iters} iterations and >= {a.min_seconds:g} s after {a.warmup} warm-up; GMACs = "
+              "multiply-accumulates of one image (torchprofile), not FLOPs; b1 ms = batch-1 latency; ±% = "
+              "(max - min) / median over repeats; peak MiB / +MiB = peak memory and its growth over the "
+              "level before the first step (CUDA allocator, or peak RSS of a fresh process on CPU)")
+        print(TABLE_HEADER, flush=True)
+
+    rows = run_bench(a.models, a.img_size, a.batch_size, device=a.device, dtype=a.dtype,
+                     plugins=_plugin_list(a.plugins), num_classes=a.num_classes, trainable=a.trainable or None,
+                     inference=a.inference, train=a.train, repeats=a.repeats, warmup=a.warmup, iters=a.iters,
+                     min_seconds=a.min_seconds, threads=a.threads, memory=not a.no_memory, macs=not a.no_macs,
+                     out_dir=a.out_dir, on_start=start, on_row=lambda r: print(format_row(r), flush=True))
+    print(f"appended {len(rows)} row{'s' if len(rows) != 1 else ''} to {written['path']}")
+    return 0
+
+
 def cmd_data(a) -> int:
     from ..data.resolve import prepare_dataset, train_command
 
@@ -214,12 +279,22 @@ def cmd_data(a) -> int:
         except ValueError as e:
             raise ConfigError(f"--split-fractions expects three numbers like 0.7,0.1,0.2, "
                               f"got {a.split_fractions!r}.") from e
-    p = prepare_dataset(a.name, a.root, out=a.out or None, check_counts=not a.no_check_counts, refresh=a.refresh,
-                        split_fractions=fractions)
+    from ..data.catalog import versioned_name
+    from ..data.manifest import read_manifest_info
+
+    name = versioned_name(a.name, a.image_version)
+    p = prepare_dataset(name, a.root, out=a.out or None, check_counts=not a.no_check_counts, refresh=a.refresh,
+                        split_fractions=fractions, check_files=not a.no_verify_images)
     how = "prepared" if p.converted else "reused (pass --refresh to convert again)"
     import os
 
-    print(f"'{a.name}' from {os.path.abspath(p.source)}: manifest {how} in {p.manifest_dir}")
+    alias = f" ({a.name} --version {a.image_version or 'default'})" if name != a.name else ""
+    print(f"'{name}'{alias} from {os.path.abspath(p.source)}: manifest {how} in {p.manifest_dir}")
+    info = read_manifest_info(p.manifest_dir)
+    for line in info.get("report", []):
+        print(f"  {line}")
+    if not info.get("checked_files", True):
+        print(f"  images under {p.image_root} not checked (--no-verify-images): label files and counts only")
     if p.split_fractions:
         print("  split carved per class with train/val/test fractions " + "/".join(f"{v:g}" for v in p.split_fractions))
     print(f"  {'classes':<10} {p.num_classes:>8}")
@@ -306,6 +381,17 @@ def cmd_list(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from ..serve.web import serve
+
+    if a.max_mb <= 0 or a.max_megapixels <= 0:
+        raise ValueError(f"--max-mb and --max-megapixels must be > 0, got {a.max_mb} and {a.max_megapixels}.")
+    serve(a.checkpoint, host=a.host, port=a.port, device=a.device,
+          max_bytes=int(a.max_mb * 2**20), max_pixels=int(a.max_megapixels * 1e6), inference=a.inference,
+          threads=a.threads)
+    return 0
+
+
 def cmd_viz(a) -> int:
     from ..engine.distributed import pick_device
     from ..registry import VIZ
@@ -377,8 +463,30 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    "break exactness (lr, data, model, ...); they are printed and recorded in resume_history.jsonl")
     s.add_argument("--overwrite", action="store_true", help="replace the run folder of the same name (deleted only "
                    "once the new run starts); default: a folder holding another run gets a -2, -3, ... suffix")
+    s.add_argument("--seeds", nargs="+", default=None, metavar="SEED",
+                   help="train once per seed into <run.output_dir>/<name>/seed<S>, then write seeds.json and "
+                   "seeds.md (mean ± sample std of every test metric) in <name>; run again to resume (finished "
+                   "seeds are skipped); with --overwrite every seed is retrained")
+    s.add_argument("--sweep", default="", metavar="FILE", help="YAML with 'variants' ({name: [key=value, ...]}) "
+                   "and 'seeds': each variant is a multi-seed run in <run.output_dir>/<name> (--seeds replaces "
+                   "the file's seeds)")
     _add_overrides(s)
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("report", help="compare runs: one Markdown + HTML page (table, accuracy vs GMACs, curves)",
+                       description="Compare run folders and multi-seed folders (fgir train --seeds): a metrics table "
+                       "(test top-1/top-5, mean per-class, macro-F1, ECE, head/medium/tail when present, params, "
+                       "GMACs, train time; multi-seed folders as mean ± sample std over their seeds), the "
+                       "accuracy-vs-GMACs scatter, training curves overlaid and links to each run's figures. A "
+                       "folder that holds no run is an error; a run without test metrics is left out with a warning.")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run folders or multi-seed folders")
+    s.add_argument("--out", default="report", help="output folder: report.html, report.md, report.json, "
+                   "accuracy_vs_gmacs.png, curves.png (default: report)")
+    s.add_argument("--no-macs", action="store_true", help="do not count GMACs from the checkpoints (the scatter "
+                   "then uses parameters)")
+    s.add_argument("--no-embed", action="store_true", help="link the report's figures from the HTML instead of "
+                   "embedding them")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("eval", help="evaluate run folders or checkpoints on a split (one results row each)",
                        description="Evaluate each checkpoint on a split: per-checkpoint outputs in its eval folder, "
@@ -416,6 +524,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--inference", default="", help="inference variant (default, or e.g. tta for CAL)")
     _add_device(s)
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("serve", help="web demo: upload an image, see the top-5 classes, an overlay and the time",
+                       description="Serve a page where a person uploads or drops an image and sees the top-5 classes "
+                       "with probabilities, the image with an overlay (attention rollout for ViTs, Grad-CAM otherwise; "
+                       "the GLSim crop box on GLSim models) and the inference time. Local only unless --host says "
+                       "otherwise. Needs the serve extra: pip install 'fgir[serve]'.")
+    s.add_argument("checkpoint", help="run folder, .safetensors checkpoint or .onnx model (no overlays)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
+                   "only; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    s.add_argument("--max-mb", type=float, default=20.0, help="largest upload in MiB (default: 20)")
+    s.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, width x height in millions "
+                   "of pixels (default: 40); larger ones and decompression bombs are refused")
+    s.add_argument("--inference", default="", help="inference variant (default: the run's)")
+    s.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (default: 0 = PyTorch's choice)")
+    _add_device(s)
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("export", help="export a checkpoint's deployed model (ONNX) and check it against PyTorch",
                        description="Export the deployed model of an fgir checkpoint (through a plug-in's export form "
@@ -469,6 +594,38 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--json", default="", help="also write the rows to this JSON file")
     s.set_defaults(fn=cmd_cost)
 
+    s = sub.add_parser("bench", help="params, GMACs, latency, throughput and peak memory of models or checkpoints "
+                       "(rows appended to a CSV named after the environment)",
+                       description="For each model x --img-size x --batch-size: parameters (total, trainable), GMACs "
+                       "of one image on the real token path, batch-1 latency and batch throughput (warm-up discarded, "
+                       "CUDA synchronised, median and spread over --repeats), peak memory (CUDA allocator peak; on CPU "
+                       "the peak RSS growth of a fresh process) and with --train the forward+backward+optimizer-step "
+                       "throughput. Rows are appended to OUT_DIR/bench_<device>_torch<version>_<dtype>_t<threads>.csv.")
+    s.add_argument("models", nargs="+", help="model names (fgir or timm; `fgir list models`) or checkpoints "
+                   "(run folder or .safetensors: the deployed model, its size and inference variant)")
+    s.add_argument("--img-size", type=int, nargs="+", default=None,
+                   help="input sizes (default: 224 for names, the deployed size for checkpoints)")
+    s.add_argument("--batch-size", type=int, nargs="+", default=[32], help="throughput batch sizes (default: 32)")
+    _add_device(s)
+    s.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto: fp16 on CUDA, fp32 on CPU; fp16 needs CUDA)")
+    s.add_argument("--plugins", default="", help="plug-ins for model names, as YAML ('[{name: cal, num_maps: 16}]') "
+                   "or comma-separated names ('cal')")
+    s.add_argument("--num-classes", type=int, default=200, help="head size for model names (default: 200)")
+    s.add_argument("--trainable", nargs="*", default=[], help="model.trainable entries for model names (what "
+                   "--train optimises)")
+    s.add_argument("--inference", default="", help="inference variant to time (default: the checkpoint's own)")
+    s.add_argument("--train", action="store_true", help="also measure forward+backward+SGD-step throughput")
+    s.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (default: 3)")
+    s.add_argument("--warmup", type=int, default=10, help="discarded warm-up iterations (default: 10)")
+    s.add_argument("--iters", type=int, default=50, help="minimum timed iterations per repeat (default: 50)")
+    s.add_argument("--min-seconds", type=float, default=10.0, help="minimum seconds per repeat (default: 10)")
+    s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's current)")
+    s.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    s.add_argument("--no-macs", action="store_true", help="skip the MAC count")
+    s.add_argument("--out-dir", default="bench_results", help="folder of the CSV (default: bench_results)")
+    s.set_defaults(fn=cmd_bench)
+
     s = sub.add_parser("data", help="dataset tools")
     dsub = s.add_subparsers(dest="data_cmd", required=True)
     from ..data.catalog import dataset_names
@@ -477,7 +634,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "prepare", help="convert a dataset root (official layout or your own folders/CSV) into the fgir manifest",
         description="Write the manifest `fgir train data.name=NAME data.root=ROOT` uses (same cache folder, so "
                     "training reuses it), print the counts per split and the train command.",
-        epilog="datasets: " + ", ".join(dataset_names()) + "\n\nfolder = your own data: ROOT is "
+        epilog="datasets: " + ", ".join(dataset_names()) + ", dafre (= daf / dafb by --version)"
+               "\n\nfolder = your own data: ROOT is "
                "DIR/train/<class>/* + DIR/test/<class>/* [+ DIR/val/<class>/*], a flat DIR/<class>/* "
                "(carved per class by --split-fractions) or a list.csv with path,label[,split].",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -488,6 +646,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="accept counts that differ from the spec (a deliberate subset; training reuses it)")
     d.add_argument("--refresh", action="store_true", help="convert again even if a valid manifest exists "
                    "(own data: re-carve the split, picking up added images)")
+    d.add_argument("--version", dest="image_version", default="", metavar="VERSION",
+                   help="image version of sets that have several: dafre faces (= daf, faces/) or full "
+                   "(= dafb, fullMin256/)")
+    d.add_argument("--no-verify-images", action="store_true",
+                   help="check the label files and counts only, not that every listed image exists")
     d.add_argument("--split-fractions", default="", metavar="TRAIN,VAL,TEST",
                    help="own flat trees / CSV lists: per-class fractions, default 0.7,0.1,0.2 (= data.split_fractions)")
     d.set_defaults(fn=cmd_data)

@@ -125,6 +125,8 @@ _BENCHMARKS: tuple[tuple, ...] = (
      "DAF:re Faces (train/val = DAF:re's own splits, not carved)"),
     ("moe", 173, "moe", "data", (11454, 2943, 9098, 2356), 0.8, "",
      "moeImouto (use the published FGIR CSVs; class ids are not alphabetical)"),
+    ("moeimouto", 173, "moe", "data", (11452, 2943, None, None), 0.8, "moeimouto",
+     "moeImouto as the DAF:re authors split it (train.csv 11,452 / test.csv 2,943, or the class folders)"),
     ("cotton", 80, "cotton", "cotton_square_new", (240, 240, 160, 80), 0.8, "ufgir",
      "Cotton80 (ultra-fine-grained leaves)"),
     ("soylocal", 200, "soylocal", "soybean200_square", (600, 600, 400, 200), 0.8, "ufgir",
@@ -150,7 +152,7 @@ _SOYAGEING_ROUNDS = (1, 3, 4, 5, 6)
 def _spec_from_row(row: tuple, **extra) -> DatasetSpec:
     name, k, root, folder, counts, p, conv, desc = row
     counts = {s: n for s, n in zip(SPLITS, counts, strict=True) if n is not None}
-    mean_std = {"mean": _HALF, "std": _HALF} if name in ("dafb", "daf", "moe") else {}
+    mean_std = {"mean": _HALF, "std": _HALF} if name in ("dafb", "daf", "moe", "moeimouto") else {}
     return DatasetSpec(name=name, num_classes=k, image_folder=folder, default_root=root, counts=counts,
                        val_fraction=p, converter=conv, description=desc, **mean_std, **extra)
 
@@ -168,6 +170,35 @@ FOLDER = register_dataset(DatasetSpec(
     description="Your own data: data.root = a class-folder tree (train/ + test/ [+ val/], or flat "
                 "<class>/*) or a CSV list path,label[,split]"))
 """The own-data spec: no catalog counts, class names from the folder names or the CSV labels."""
+
+DATASET_VERSIONS: dict[str, dict[str, str]] = {"dafre": {"faces": "daf", "full": "dafb"}}
+"""Names that stand for one catalog set per image version (``fgir data prepare dafre --version full``
+= ``dafb``); the first version is the default."""
+
+
+def versioned_name(name: str, version: str = "") -> str:
+    """The catalog name for ``name`` and image ``version`` (``dafre`` + ``full`` -> ``dafb``).
+
+    Raises:
+        ValueError: an unknown version, or a version given for a set that has only one.
+    """
+    if name in DATASET_VERSIONS:
+        versions = DATASET_VERSIONS[name]
+        if not version:
+            return next(iter(versions.values()))
+        if version not in versions:
+            raise ValueError(f"--version {version!r} is not a version of '{name}'; expected one of "
+                             f"{', '.join(versions)}.")
+        return versions[version]
+    for alias, versions in DATASET_VERSIONS.items():
+        if name in versions.values() and version and versions.get(version) != name:
+            raise ValueError(f"--version {version!r} contradicts '{name}' (= {alias} --version "
+                             f"{next(v for v, n in versions.items() if n == name)}); use "
+                             f"`{alias} --version {version}`.")
+    if version and not any(name in v.values() for v in DATASET_VERSIONS.values()):
+        raise ValueError(f"--version applies to {', '.join(DATASET_VERSIONS)} only, not to '{name}'.")
+    return name
+
 
 _MOVED_TO_RESOLVE = ("resolve_root",)
 

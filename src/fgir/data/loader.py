@@ -5,6 +5,13 @@ augment the whole batch at once (``BatchTransform``), no worker processes compet
 the model for the two cores. ``DecodeLoader`` decodes images on the fly with DataLoader
 workers (for sets too big to cache) and feeds the same batch transform. Both shard the
 epoch permutation across DDP ranks and are deterministic given (seed, epoch).
+
+``data.sampler`` chooses how a training epoch draws its images (:func:`sampling_weights`):
+``uniform`` is a shuffled pass over every image; ``class_balanced`` (each class equally likely)
+and ``sqrt`` (class probability proportional to the square root of its image count) draw the
+same number of images with replacement. The draw is one global sequence from a generator seeded
+by (seed, epoch), sharded across ranks like the permutation, so DDP ranks see disjoint parts of
+one draw and a resumed run draws exactly what the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -17,13 +24,35 @@ import torch
 from .datasets import ImageReadError, ManifestDataset, _check_bad, decoded_cache
 from .transforms import BatchTransform, load_resized
 
+SAMPLERS = ("uniform", "class_balanced", "sqrt")
+"""Choices of ``data.sampler``."""
+
+
+def sampling_weights(labels: torch.Tensor, sampler: str) -> torch.Tensor | None:
+    """Per-image draw weights of ``sampler`` for images with class ``labels`` (None = uniform pass).
+
+    ``class_balanced``: weight 1/n_c, so every class present is drawn with probability 1/K;
+    ``sqrt``: weight 1/sqrt(n_c), so class c is drawn with probability sqrt(n_c) / sum sqrt(n_k).
+    Within a class every image is equally likely.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"data.sampler={sampler!r} is not allowed; expected one of {', '.join(SAMPLERS)}.")
+    if sampler == "uniform" or len(labels) == 0:
+        return None
+    n_c = torch.bincount(labels).double()[labels]
+    return 1.0 / n_c if sampler == "class_balanced" else n_c.rsqrt()
+
 
 def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool, rank: int, world: int,
-                  drop_last: bool, batch_size: int) -> torch.Tensor:
-    """This rank's indices for one epoch (train: padded/dropped to equal length on every rank)."""
+                  drop_last: bool, batch_size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's indices for one epoch (train: padded/dropped to equal length on every rank).
+
+    With ``weights`` (and ``shuffle``) the epoch is ``n`` draws with replacement in proportion to
+    them instead of a permutation."""
     if shuffle:
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
-        idx = torch.randperm(n, generator=g)
+        idx = (torch.randperm(n, generator=g) if weights is None
+               else torch.multinomial(weights, n, replacement=True, generator=g))
     else:
         idx = torch.arange(n)
     if world > 1:
@@ -40,10 +69,12 @@ def epoch_indices(n: int, epoch: int, seed: int, shuffle: bool, rank: int, world
 class ArrayLoader:
     def __init__(self, ds: ManifestDataset, transform: BatchTransform, batch_size: int, stored: int,
                  shuffle: bool, drop_last: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                 cache_dir: str = "", skip_bad: bool = False, progress: bool = True, max_steps: int = 0):
+                 cache_dir: str = "", skip_bad: bool = False, progress: bool = True, max_steps: int = 0,
+                 sampler: str = "uniform"):
         self.ds, self.transform = ds, transform
         self.array, self.keep = decoded_cache(ds, stored, cache_dir, skip_bad, progress=progress and rank == 0)
         self.labels = ds.labels[torch.from_numpy(self.keep)]
+        self.weights = sampling_weights(self.labels, sampler)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world, self.max_steps = seed, rank, world, max_steps
         self.local_bs = batch_size // world if drop_last else max(1, batch_size // world)
@@ -64,7 +95,7 @@ class ArrayLoader:
 
     def __iter__(self):
         idx = epoch_indices(len(self.keep), self.epoch, self.seed, self.shuffle, self.rank, self.world,
-                            self.drop_last, self.batch_size)
+                            self.drop_last, self.batch_size, self.weights)
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
         for step in range(len(self)):
             sel = idx[step * self.local_bs:(step + 1) * self.local_bs]
@@ -116,10 +147,12 @@ class DecodeLoader(ArrayLoader):
 
     def __init__(self, ds: ManifestDataset, transform: BatchTransform, batch_size: int, stored: int,
                  shuffle: bool, drop_last: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                 num_workers: int = 2, max_steps: int = 0, skip_bad: bool = False, **_):
+                 num_workers: int = 2, max_steps: int = 0, skip_bad: bool = False, sampler: str = "uniform",
+                 **_):
         self.ds, self.transform, self.stored = ds, transform, stored
         self.keep = np.arange(len(ds))
         self.labels = ds.labels
+        self.weights = sampling_weights(self.labels, sampler)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world, self.max_steps = seed, rank, world, max_steps
         self.local_bs = batch_size // world if drop_last else max(1, batch_size // world)
@@ -129,7 +162,7 @@ class DecodeLoader(ArrayLoader):
 
     def __iter__(self):
         idx = epoch_indices(len(self.ds), self.epoch, self.seed, self.shuffle, self.rank, self.world,
-                            self.drop_last, self.batch_size)
+                            self.drop_last, self.batch_size, self.weights)
         batches = [idx[i * self.local_bs:(i + 1) * self.local_bs].tolist() for i in range(len(self))]
         dl = torch.utils.data.DataLoader(_DecodeDataset(self.ds, self.stored), batch_sampler=batches,
                                          num_workers=self.num_workers, persistent_workers=False,

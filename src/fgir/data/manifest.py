@@ -84,7 +84,7 @@ def _id_records(p: Path, header: list[str]):
     """``(line, class_id, fields)`` of a two-column ``class_id,<x>`` CSV (:func:`_csv_records`):
     blank lines and the header are skipped; a short row or a non-integer id names ``file:line``."""
     for i, rec in _csv_records(p):
-        if not rec or all(not c.strip() for c in rec):
+        if not rec or (not rec[0].strip() and all(not c.strip() for c in rec)):  # blank line
             continue
         if i == 1 and [c.strip() for c in rec[:2]] == header:
             continue

@@ -160,7 +160,7 @@ def _report_new_images(out: Path, src: Path) -> None:
 
 
 def _resolve(name: str, root: str | os.PathLike, *, out: Path | None, check_counts: bool, refresh: bool,
-             split_fractions: Sequence[float] | None, waive_counts: bool = False
+             split_fractions: Sequence[float] | None, waive_counts: bool = False, check_files: bool = True
              ) -> tuple[DatasetSpec, Path, Path, bool]:
     """Steps 1-4; returns (spec, source root, manifest folder, whether it converted)."""
     spec = get_spec(name)                                   # 1. spec
@@ -180,7 +180,7 @@ def _resolve(name: str, root: str | os.PathLike, *, out: Path | None, check_coun
             _check_saved_fractions(info, out, r, split_fractions)
             _report_new_images(out, r)
         return spec, r, out, False
-    prepare(name, r, out, check_counts=check_counts, split_fractions=split_fractions)
+    prepare(name, r, out, check_counts=check_counts, split_fractions=split_fractions, check_files=check_files)
     _REPORTED_NEW.pop(str(out), None)
     if waive_counts and not check_counts:
         # `fgir data prepare --no-check-counts` declares a deliberate subset: training reuses it as is.
@@ -219,21 +219,25 @@ def resolve_root(name: str, root: str | os.PathLike = "", *, check_counts: bool 
 
 def prepare_dataset(name: str, root: str | os.PathLike, *, out: str | os.PathLike | None = None,
                     check_counts: bool = True, refresh: bool = False,
-                    split_fractions: Sequence[float] | None = None) -> Prepared:
+                    split_fractions: Sequence[float] | None = None, check_files: bool = True) -> Prepared:
     """``fgir data prepare``: :func:`resolve_root`'s path, reporting what it made.
 
     Without ``out`` the manifest goes where training looks for it (:func:`cached_manifest_dir`),
     so ``fgir train data.name=NAME data.root=ROOT`` reuses it; an existing valid manifest is kept
     unless ``refresh``. ``check_counts=False`` marks the manifest as a deliberate subset that
-    training then reuses without checking counts.
+    training then reuses without checking counts. ``check_files=False`` checks the label files only
+    (rows, counts, invariants), not that every listed image exists (``--no-verify-images``).
     """
     spec, src, mdir, converted = _resolve(
         name, root, out=Path(out).expanduser() if out else None, check_counts=check_counts, refresh=refresh,
-        split_fractions=split_fractions, waive_counts=True)
+        split_fractions=split_fractions, waive_counts=True, check_files=check_files)
     table = mdir / "classid_classname.csv"
-    counts = {s: len(read_split(split_path(mdir, s))) for s in SPLITS if split_path(mdir, s).is_file()}
+    info = read_manifest_info(mdir)
+    counts = info.get("counts") if info.get("validated") else None  # written with the CSVs: no re-read
+    if not counts:
+        counts = {s: len(read_split(split_path(mdir, s))) for s in SPLITS if split_path(mdir, s).is_file()}
     k = len(read_class_table(table)) if table.is_file() else spec.num_classes
-    saved = read_manifest_info(mdir).get("split_fractions")
+    saved = info.get("split_fractions")
     return Prepared(name=name, source=src, manifest_dir=mdir, image_root=image_root_of(mdir, spec), counts=counts,
                     num_classes=k, converted=converted, split_fractions=tuple(saved) if saved else None)
 

@@ -2,7 +2,8 @@
 
 Images are stored square-resized to ``int(resize_ratio * S)`` (the reference engine's "square
 resize to int(1.34 S)"); training takes a random S crop (or a RandomResizedCrop), flips,
-applies TrivialAugment / RandAugment (torchvision v2's ops, one draw per image by default;
+optionally colour-jitters (per-image factors), applies TrivialAugment / RandAugment
+(torchvision v2's ops, one draw per image by default;
 ``aug_group`` > 1 shares a draw between neighbours for speed), normalises, and optionally
 random-erases (timm).
 Evaluation takes the centre S crop. Everything runs on whole batches.
@@ -138,6 +139,68 @@ class GroupedAutoAugment:
                                                         fill=self.aa._fill)
 
 
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """``B x 3 x H x W`` RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    delta = maxc - minc
+    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h = torch.where(delta > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
+    return torch.stack([h, s, maxc], dim=1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    h, s, v = x.unbind(1)
+    out = []
+    for n in (5.0, 3.0, 1.0):  # R, G, B
+        k = torch.remainder(n + h * 6.0, 6.0)
+        out.append(v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma (torchvision's grayscale weights), ``B x 1 x H x W``."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def jitter_op(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
+    """One ColorJitter op on float images in [0, 1] with one factor per image: 0 brightness,
+    1 contrast, 2 saturation (blend factors), 3 hue (shift in turns); torchvision's definitions."""
+    f = factor.view(-1, 1, 1, 1).to(x.dtype)
+    if op == 3:
+        hsv = rgb_to_hsv(x)
+        hsv = torch.cat([torch.remainder(hsv[:, :1] + f, 1.0), hsv[:, 1:]], dim=1)
+        return hsv_to_rgb(hsv)
+    if op == 0:
+        other = torch.zeros_like(x)
+    elif op == 1:
+        other = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+    else:
+        other = _gray(x)
+    return (f * x + (1.0 - f) * other).clamp(0.0, 1.0)
+
+
+def color_jitter(x: torch.Tensor, strengths, gen: torch.Generator | None = None) -> torch.Tensor:
+    """torchvision ``ColorJitter(*strengths)`` on a uint8 batch, with its factors (brightness,
+    contrast and saturation uniform in [max(0, 1 - s), 1 + s], hue in [-s, s]) and op order drawn
+    per image from ``gen``; ops with strength 0 are skipped. Returns uint8."""
+    b = x.shape[0]
+    ranges = [(max(0.0, 1.0 - v), 1.0 + v) for v in strengths[:3]] + [(-strengths[3], strengths[3])]
+    factors = [torch.empty(b).uniform_(lo, hi, generator=gen) for lo, hi in ranges]
+    order = torch.argsort(torch.rand(b, 4, generator=gen), dim=1)  # per-image permutation of the 4 ops
+    active = [j for j in range(4) if strengths[j] > 0]
+    y = x.float() / 255.0
+    for stage in range(4):
+        for j in active:
+            idx = (order[:, stage] == j).nonzero().flatten()
+            if len(idx):
+                y[idx] = jitter_op(y[idx], j, factors[j][idx])
+    return (y * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
 @dataclass
 class BatchTransform:
     """Turns a uint8 batch (B,3,H,W) at the stored size into a normalised float batch (B,3,S,S).
@@ -155,8 +218,11 @@ class BatchTransform:
     auto_augment: str = ""
     aug_group: int = 1
     random_erasing: float = 0.0
+    color_jitter: tuple = ()
 
     def __post_init__(self):
+        if self.color_jitter and len(self.color_jitter) != 4:
+            raise ValueError(f"color_jitter must be () or four strengths, got {self.color_jitter!r}.")
         if self.aug_group < 1:
             raise ValueError(f"data.aug_group must be >= 1, got {self.aug_group}.")
         self._aa = parse_auto_augment(self.auto_augment) if self.train else None
@@ -185,6 +251,8 @@ class BatchTransform:
         if self.hflip:
             flip = torch.rand(b, generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if self.color_jitter and any(v > 0 for v in self.color_jitter):
+            x = color_jitter(x, self.color_jitter, gen)
         if self._grouped is not None:
             x = self._grouped.apply(x, self._grouped.sample(b, *x.shape[-2:], group=self.aug_group, gen=gen))
         elif self._aa is not None:

@@ -107,8 +107,16 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 def build_task(cfg: Config, model: nn.Module, num_classes: int, **kwargs) -> Task:
     """The Task for ``cfg.task.name``; builders take ``(cfg, model, num_classes, **kwargs)``
-    (``class_names`` lets distillation check the teacher's class table)."""
-    task = TASKS.get(cfg.task.name)(cfg, model, num_classes, **kwargs)
+    (``class_names`` lets distillation check the teacher's class table; ``class_counts``, the
+    training images per class, feeds the long-tail losses). A keyword the builder does not accept
+    is not passed to it."""
+    import inspect
+
+    builder = TASKS.get(cfg.task.name)
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    task = builder(cfg, model, num_classes, **kwargs)
     if task.io is None:
         task.io = IOSpec(cfg.data.img_size, *normalization(cfg, model))
     task.inference = cfg.model.inference

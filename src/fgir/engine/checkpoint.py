@@ -106,6 +106,11 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     """Write, fsync, rename, fsync the folder: a crash leaves the old file or the new one, whole."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tensors = {k: v.contiguous() for k, v in tensors.items()}
+    seen: set[int] = set()  # safetensors refuses shared storage (tied weights, e.g. in a training state): copy
+    for k, v in list(tensors.items()):
+        if v.numel() and v.data_ptr() in seen:
+            tensors[k] = v.clone()
+        seen.add(v.data_ptr())
     save_file(tensors, str(tmp), metadata={**metadata, "fgir_sha256": tensors_sha256(tensors)})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())

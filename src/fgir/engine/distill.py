@@ -135,6 +135,7 @@ class TGDAConfig(AttentionAugConfig):
             d = cfg.data
             random_aug = {"task.views": bool(self.views), "data.hflip": d.hflip,
                           "data.auto_augment": bool(d.auto_augment), "data.random_erasing": d.random_erasing > 0,
+                          "data.color_jitter": any(v > 0 for v in d.color_jitter),
                           "data.train_crop": d.train_crop == "rrc" or d.resize_ratio > 1.0,
                           "optim.mixup/cutmix": cfg.optim.mixup > 0 or cfg.optim.cutmix > 0}
             on = [k for k, v in random_aug.items() if v]

@@ -143,6 +143,7 @@ def evaluate_checkpoint(path: str, split: str = "test", root: str = "", out: str
     acc = run_inference(model, loader, ds.num_classes, ds.class_names, device=dev, progress=progress,
                         desc=f"eval {split}", predict_fn=lambda x: fn(to_model_size(x, size)))
     res = acc.compute()
+    res.update(_longtail(cfg, ds.num_classes, res["per_class"], warn))
     suffix = f"_{variant}" if variant not in ("", "default") else ""
     out_dir = Path(out) if out else _default_out_dir(ck, split, suffix)
     summary = write_eval_outputs(out_dir, split, acc, res, ds.class_names,
@@ -152,6 +153,28 @@ def evaluate_checkpoint(path: str, split: str = "test", root: str = "", out: str
             "split": split, "inference": variant or "default", "img_size": size, "params": count_params(model),
             "gmacs": _macs(model, size) if count_macs else None, "device": str(dev), "out_dir": str(out_dir),
             "train_split": cfg.data.train_split, "train_overlap": overlap, **summary}
+
+
+def _longtail(cfg, num_classes: int, per_class: list, warn: Callable[[str], None] | None) -> dict:
+    """Head/medium/tail accuracy by the training split's class counts (``data.longtail_thresholds``
+    of the checkpoint's config); {} when off or when the training split cannot be read."""
+    import torch
+
+    from .metrics import longtail_accuracy
+
+    thresholds = cfg.data.longtail_thresholds
+    if not thresholds:
+        return {}
+    try:
+        train = ManifestDataset.from_config(cfg.data, cfg.data.train_split, check_files=False)
+    except (ValueError, OSError, KeyError) as e:
+        msg = f"no head/medium/tail accuracy: training split '{cfg.data.train_split}' not readable ({e})"
+        if warn is None:
+            warnings.warn(msg, stacklevel=3)
+        else:
+            warn(msg)
+        return {}
+    return longtail_accuracy(per_class, torch.bincount(train.labels, minlength=num_classes), thresholds)
 
 
 def result_row(res: dict) -> dict:

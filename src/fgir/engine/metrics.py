@@ -287,6 +287,49 @@ class MetricAccumulator:
         return result
 
 
+LONGTAIL_THRESHOLDS = (20, 100)
+"""Default [t, h] of :func:`longtail_accuracy`: tail < 20, medium 20-100, head > 100 training
+images per class (the buckets proposed for DAF:re, spec animesion.md §7.2)."""
+
+
+def longtail_accuracy(per_class: Sequence[Mapping[str, Any]], train_counts: Sequence[int] | torch.Tensor,
+                      thresholds: Sequence[int] = LONGTAIL_THRESHOLDS) -> dict[str, Any]:
+    """Head / medium / tail accuracy by training-set frequency.
+
+    A class with n training images is ``tail`` when n < t, ``medium`` when t <= n <= h and ``head``
+    when n > h (``thresholds = (t, h)``). Each bucket's accuracy is the mean per-class accuracy of
+    its classes that have evaluated images (so a bucket's many-image classes do not dominate it).
+
+    Args:
+        per_class: ``compute()["per_class"]`` (class_id, total, accuracy; accuracy None = no images).
+        train_counts: K training-image counts, indexed by class id.
+        thresholds: ``(t, h)`` with 0 < t <= h.
+
+    Returns:
+        ``{bucket}_acc`` (percent, NaN for a bucket without evaluated classes), ``{bucket}_classes``
+        (classes in the bucket), ``{bucket}_images`` (evaluated images of those classes) for head,
+        medium and tail, ``longtail_tail_below`` = t, ``longtail_head_above`` = h and
+        ``longtail_buckets``, the rule in words.
+    """
+    t, h = (int(v) for v in thresholds)
+    if not 0 < t <= h:
+        raise ValueError(f"long-tail thresholds must satisfy 0 < t <= h, got {list(thresholds)}.")
+    counts = [int(c) for c in (train_counts.tolist() if isinstance(train_counts, torch.Tensor) else train_counts)]
+    if len(counts) != len(per_class):
+        raise ValueError(f"{len(counts)} training counts for {len(per_class)} classes.")
+    out: dict[str, Any] = {}
+    for name, inside in (("head", lambda n: n > h), ("medium", lambda n: t <= n <= h), ("tail", lambda n: n < t)):
+        rows = [r for r in per_class if inside(counts[r["class_id"]])]
+        accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+        out[f"{name}_acc"] = statistics.fmean(accs) if accs else math.nan
+        out[f"{name}_classes"] = len(rows)
+        out[f"{name}_images"] = sum(int(r["total"]) for r in rows)
+    out["longtail_tail_below"], out["longtail_head_above"] = t, h
+    out["longtail_buckets"] = (f"by training images per class: head > {h}, medium {t}-{h}, tail < {t}; "
+                               "accuracy = mean per-class accuracy of the bucket")
+    return out
+
+
 def write_per_class_csv(path: str | os.PathLike, result: dict[str, Any]) -> str:
     """CSV ``class_id, class_name, correct, total, accuracy`` (accuracy in percent, blank if no images)."""
     rows: list[list[Any]] = [["class_id", "class_name", "correct", "total", "accuracy"]]
@@ -396,6 +439,10 @@ def summary_line(result: dict[str, Any]) -> str:
     if "top5" in result:
         parts.append(f"top5 {result['top5']:.2f}")
     parts.append(f"mpca {result['mean_per_class_acc']:.2f} ± {result['class_deviation']:.2f}")
+    if "head_acc" in result:
+        parts.append(f"head/med/tail (>{result['longtail_head_above']}/{result['longtail_tail_below']}-"
+                     f"{result['longtail_head_above']}/<{result['longtail_tail_below']} train imgs) "
+                     f"{result['head_acc']:.2f}/{result['medium_acc']:.2f}/{result['tail_acc']:.2f}")
     parts.append(f"macro-F1 {result['macro_f1']:.2f}")
     parts.append(f"ECE {result['ece']:.2f}")
     parts.append(f"NLL {result['nll']:.4f}")

@@ -12,7 +12,8 @@ The contract the loop, checkpoints, evaluation and predict rely on (no attribute
 * :meth:`Task.predict` — logits of the deployed model (or a stand-in such as its EMA copy) for
   batches in the input format, through the configured inference variant
   (:func:`fgir.models.plugins.get_inference`);
-* extra ``loss_*`` entries of :meth:`forward`'s output are averaged per epoch and logged.
+* extra ``loss_*`` entries of :meth:`forward`'s output are averaged per epoch and logged;
+* :meth:`Task.set_progress` — the training step, for losses that follow a schedule.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class Task(nn.Module):
 
     def on_train_start(self) -> None:
         """Called when the loop puts the task in train mode (frozen parts go back to eval)."""
+
+    def set_progress(self, step: int, total: int) -> None:
+        """Called by the loop before every training forward: optimizer steps done so far (restored on
+        resume) and planned in all. For tasks whose loss follows a schedule (tagging's mask schedule)."""
 
     def train(self, mode: bool = True) -> Task:
         super().train(mode)

@@ -35,6 +35,7 @@ from . import checkpoint as ckpt
 from .build import build_model, build_task, normalization  # noqa: F401  (normalization: public re-export)
 from .distributed import DistInfo, barrier, init_distributed
 from .evaluate import run_inference, write_eval_outputs
+from .metrics import longtail_accuracy
 
 
 def seed_everything(seed: int) -> None:
@@ -52,14 +53,23 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.data.name}_{cfg.model.name}{task}_s{cfg.run.seed}"
 
 
+def skipped_images(loader) -> int:
+    """Unreadable images ``loader`` skipped (``data.skip_bad``): dropped from the cache, or met while decoding."""
+    keep = getattr(loader, "keep", None)
+    if keep is not None:
+        return len(loader.ds) - len(keep)
+    return len(getattr(loader, "bad", ()))
+
+
 def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: DistInfo, img_size: int = 0):
     d = cfg.data
     s = img_size or d.img_size
     tf = BatchTransform(s, mean, std, train=train, crop=d.train_crop, hflip=d.hflip,
-                        auto_augment=d.auto_augment, aug_group=d.aug_group, random_erasing=d.random_erasing)
+                        auto_augment=d.auto_augment, aug_group=d.aug_group, random_erasing=d.random_erasing,
+                        color_jitter=tuple(d.color_jitter))
     kw = dict(batch_size=cfg.optim.batch_size if train else max(cfg.optim.batch_size, 64),
               stored=stored_size(s, d.resize_ratio), shuffle=train, drop_last=train, seed=cfg.run.seed,
-              rank=info.rank, world=info.world,
+              rank=info.rank, world=info.world, sampler=d.sampler if train else "uniform",
               max_steps=cfg.run.max_steps_per_epoch if train else 0)
     if d.cache:
         return ArrayLoader(ds, tf, cache_dir=d.cache_dir, skip_bad=d.skip_bad, progress=_bars(cfg), **kw)
@@ -100,17 +110,22 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     if o.sched_unit == "epoch":
         if o.sched != "cosine" or o.warmup_steps > 0:
             raise ValueError("optim.sched_unit=epoch supports sched=cosine with warmup_epochs (not warmup_steps).")
-        sched = CosineLRScheduler(optimizer, t_initial=o.epochs - o.cooldown_epochs, lr_min=o.min_lr,
-                                  warmup_t=int(round(o.warmup_epochs)), warmup_lr_init=o.warmup_lr, t_in_epochs=True)
+        warm_e = int(round(o.warmup_epochs))
+        length = o.epochs - o.cooldown_epochs
+        sched = CosineLRScheduler(optimizer, t_initial=max(1, length - warm_e) if o.warmup_prefix else length,
+                                  lr_min=o.min_lr, warmup_t=warm_e, warmup_lr_init=o.warmup_lr,
+                                  warmup_prefix=o.warmup_prefix, t_in_epochs=True)
         return EpochScheduler(sched, steps_per_epoch)
     total = (o.epochs - o.cooldown_epochs) * steps_per_epoch
     warm = o.warmup_steps if o.warmup_steps > 0 else int(round(o.warmup_epochs * steps_per_epoch))
     if o.sched == "cosine":
-        return CosineLRScheduler(optimizer, t_initial=total, lr_min=o.min_lr, warmup_t=warm,
-                                 warmup_lr_init=o.warmup_lr, t_in_epochs=False)
+        # warmup_prefix: the cosine runs over the steps after the warm-up (its length shrinks by it)
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warm) if o.warmup_prefix else total,
+                                 lr_min=o.min_lr, warmup_t=warm, warmup_lr_init=o.warmup_lr,
+                                 warmup_prefix=o.warmup_prefix, t_in_epochs=False)
     decay = 0.1 if o.sched == "step" else 1.0
     return StepLRScheduler(optimizer, decay_t=max(1, total // 3), decay_rate=decay, warmup_t=warm,
-                           warmup_lr_init=o.warmup_lr, t_in_epochs=False)
+                           warmup_lr_init=o.warmup_lr, warmup_prefix=o.warmup_prefix, t_in_epochs=False)
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -357,7 +372,7 @@ def _start_header(cfg: Config, run_dir: Path, info: DistInfo, start: str, splits
 
 RESUME_SAFE_KEYS = ("run.progress", "run.threads", "run.device", "run.tensorboard", "run.time_budget_s",
                     "run.output_dir", "run.name", "data.root", "data.cache", "data.cache_dir", "data.num_workers",
-                    "run.eval_every")
+                    "run.eval_every", "data.longtail_thresholds")
 """Config keys a resume may change without breaking exactness (where and how, not what, is trained)."""
 
 
@@ -427,7 +442,8 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_overrid
     splits = {k: v for k, v in [("train", train_ds), ("val", val_ds), ("test", test_ds)] if v is not None}
     num_classes, class_names = train_ds.num_classes, train_ds.class_names
     model = build_model(cfg, num_classes)
-    task = build_task(cfg, model, num_classes, class_names=class_names).to(info.device)
+    class_counts = torch.bincount(train_ds.labels, minlength=num_classes)
+    task = build_task(cfg, model, num_classes, class_names=class_names, class_counts=class_counts).to(info.device)
     io = task.input_spec()
     if cfg.run.channels_last:
         task = task.to(memory_format=torch.channels_last)
@@ -477,6 +493,8 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_overrid
     run_dir = _open_run_dir(cfg, info, resume_dir, overwrite)
     _lock = RunLock(run_dir) if info.is_main else None  # held until train returns
     if info.is_main:
+        for stale in run_dir.glob("*.safetensors.tmp*"):  # a killed writer's half-written files (we hold the lock)
+            stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "census.json").write_text(json.dumps(census, indent=2))
         if resume_dir is not None:
@@ -540,7 +558,11 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_overrid
         # final_evaluation's bars follow run.progress: off unless stderr is a terminal
         eval_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=_bars(cfg)))
         result.update(final_evaluation(eval_cfg, run_dir, info, io.mean, io.std, num_classes, class_names, task,
-                                       ema))
+                                       ema, class_counts=class_counts))
+    if d.skip_bad:  # unreadable images skipped with data.skip_bad, counted per split
+        result["skipped_images"] = {d.train_split: skipped_images(train_loader),
+                                    **({d.val_split: skipped_images(val_loader)} if val_loader is not None else {}),
+                                    **result.pop("_skipped_test", {})}
     if info.is_main:
         (run_dir / "final.json").write_text(json.dumps(result, indent=2))
         try:  # the model card (README.md) is a convenience: a finished run never fails over it
@@ -580,6 +602,7 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
         if mixup is not None:
             batch["image"], batch["target"] = mixup(batch["image"], batch["target"])
         last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
+        task.set_progress(step, math.ceil(len(loader) / accum) * cfg.optim.epochs)
         sync = ddp.no_sync() if (info.enabled and not last_micro) else nullcontext()
         with sync:
             with _autocast(cfg, info.device):
@@ -675,8 +698,10 @@ def _resume(resume: str, task, optimizer, scheduler, scaler, ema, load_scheduler
         float(saved_s) if saved_s is not None else None
 
 
-def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, task, ema) -> dict:
-    """Evaluate the selected checkpoint (last epoch, or best on val) on the test split."""
+def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, task, ema, class_counts=None) -> dict:
+    """Evaluate the selected checkpoint (last epoch, or best on val) on the test split; with the
+    training split's ``class_counts`` the report adds head/medium/tail accuracy
+    (``data.longtail_thresholds``)."""
     d = cfg.data
     model = ema.module if ema is not None else task.model
     predict = _predict_fn(task, ema)
@@ -688,6 +713,9 @@ def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, ta
     acc = run_inference(model, loader, num_classes, class_names, info.device, progress=cfg.run.progress,
                         desc=f"test ({d.test_split})", predict_fn=predict)
     res = acc.compute()
+    skipped = {"_skipped_test": {d.test_split: skipped_images(loader)}} if d.skip_bad else {}
+    if class_counts is not None and d.longtail_thresholds:
+        res.update(longtail_accuracy(res["per_class"], class_counts, d.longtail_thresholds))
     out: dict = {}
     if info.is_main:
         summary = write_eval_outputs(run_dir, d.test_split, acc, res, class_names,
@@ -695,5 +723,5 @@ def final_evaluation(cfg, run_dir, info, mean, std, num_classes, class_names, ta
         out = {f"{d.test_split}_{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
         out["protocol"] = {"trained_on": d.train_split, "selected_on": d.val_split if cfg.run.selection == "best_val"
                            else "last_epoch", "reported_on": d.test_split}
-    return out
+    return {**out, **skipped}
 

@@ -15,6 +15,16 @@ The method returns the module to trace (for example a copy with static keep coun
 no-crop or batched-crop GLSim path, or adapters merged into the weights); the variant name is
 recorded in the exported file and printed by ``fgir export``. A registered inference variant
 (:func:`fgir.models.plugins.register_inference`) can be exported too when it is traceable.
+
+Two optional attributes of any sub-module take part as well (so they compose when plug-ins are
+stacked or wrapped):
+
+* ``export_unsupported``: a string (or a method returning one, or None) saying why the module
+  has no static graph (e.g. ATS keeps a data-dependent number of tokens); :func:`export_form`
+  refuses such a model with that reason.
+* ``export_note()``: a short description of what the traced graph fixes (e.g. the static token
+  counts per block of a token-reduction model), read after a reference forward and appended to
+  the variant name.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["ExportForm", "export_form", "register_export_form"]
+__all__ = ["ExportForm", "export_form", "export_blockers", "export_notes", "register_export_form"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,34 @@ def _hook(model: nn.Module) -> tuple[nn.Module, str] | None:
     return None
 
 
+def export_blockers(module: nn.Module) -> list[str]:
+    """The distinct ``export_unsupported`` reasons of ``module`` and its sub-modules (empty: exportable)."""
+    reasons: list[str] = []
+    for m in module.modules():
+        r = getattr(m, "export_unsupported", None)
+        r = r() if callable(r) else r
+        if r and r not in reasons:
+            reasons.append(str(r))
+    return reasons
+
+
+def export_notes(module: nn.Module) -> list[str]:
+    """The ``export_note()`` texts of ``module`` and its sub-modules (call after a forward)."""
+    notes: list[str] = []
+    for m in module.modules():
+        fn = getattr(m, "export_note", None)
+        n = fn() if callable(fn) else None
+        if n and n not in notes:
+            notes.append(str(n))
+    return notes
+
+
+def _refuse_blocked(module: nn.Module, variant: str) -> None:
+    reasons = export_blockers(module)
+    if reasons:
+        raise ValueError(f"this model cannot be exported to a static graph ({variant}): {'; '.join(reasons)}.")
+
+
 def export_form(model: nn.Module, inference: str = "default") -> ExportForm:
     """The export form of ``model`` for inference variant ``inference``.
 
@@ -75,7 +113,8 @@ def export_form(model: nn.Module, inference: str = "default") -> ExportForm:
     Another name: that registered inference variant (it must be traceable).
 
     Raises:
-        ValueError: ``inference`` is not a variant of the model.
+        ValueError: ``inference`` is not a variant of the model, or a sub-module of the form
+            declares ``export_unsupported``.
         TypeError: a declared export form did not return an ``nn.Module``.
     """
     from ..models.plugins import get_inference
@@ -83,11 +122,15 @@ def export_form(model: nn.Module, inference: str = "default") -> ExportForm:
     if inference in ("", "default"):
         hooked = _hook(model)
         if hooked is None:
+            _refuse_blocked(model, "default (forward)")
             return ExportForm(model, "default (forward)")
         mod, variant = hooked
         if not isinstance(mod, nn.Module):
             raise TypeError(f"the export form '{variant}' of {type(model).__name__} returned "
                             f"{type(mod).__name__}, expected an nn.Module.")
+        _refuse_blocked(mod, variant)
         return ExportForm(mod.eval(), variant)
     get_inference(model, inference)  # raises listing the available variants
-    return ExportForm(_Variant(model, model.fgir_inference[inference]).eval(), inference)
+    form = _Variant(model, model.fgir_inference[inference]).eval()
+    _refuse_blocked(form, inference)
+    return ExportForm(form, inference)

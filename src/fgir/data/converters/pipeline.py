@@ -186,6 +186,6 @@ def prepare(name: str, src_root: str | os.PathLike, out_dir: str | os.PathLike |
     validate_manifest(out, spec, check_counts=check_counts, strict=strict, check_files=check_files,
                       require_every_class=spec.num_classes > 0)
     info = read_manifest_info(out)
-    info.update(dataset=name, validated=True, checked_counts=check_counts, strict=strict)
+    info.update(dataset=name, validated=True, checked_counts=check_counts, strict=strict, checked_files=check_files)
     write_manifest_info(out, info)
     return out

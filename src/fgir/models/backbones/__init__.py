@@ -1,3 +1,3 @@
 """fgir's own backbones; importing this package registers them (in fgir's and timm's registry)."""
 
-from . import lrnet, vitfs  # noqa: F401
+from . import lrnet, shallow, vitfs  # noqa: F401

@@ -216,8 +216,9 @@ def attention_boxes(maps: torch.Tensor, size: tuple[int, int], threshold: Thresh
         hi = torch.where(any_along, idx, -1).amax(dim=1)
         lo = torch.where(present, lo, 0)  # empty mask (NaN maps): the whole image
         hi = torch.where(present, hi, n - 1)
-        start = torch.trunc(lo.double() - pad_px).clamp_min(0).long()
-        end = torch.trunc(hi.double() + pad_px).clamp_max(n).long()
+        # the cast truncates toward zero like the reference's int() (and, unlike torch.trunc, exports to ONNX)
+        start = (lo.double() - pad_px).long().clamp_min(0)
+        end = (hi.double() + pad_px).long().clamp_max(n)
         return start, torch.maximum(end, start + 1)
 
     top, bottom = extent(mask.any(dim=2), hh, padding * hh)

@@ -33,6 +33,7 @@ NOTE: the legacy-parity preset (spec §9) is: ``crop_cls: shared``, ``crop_box: 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -335,6 +336,22 @@ class GLSimModel(nn.Module):
         fn = getattr(self.backbone, "no_weight_decay", None)
         names = {f"backbone.{n}" for n in (fn() if callable(fn) else ())}
         return names | ({"crop_cls_token"} if self.crop_cls_token is not None else set())
+
+    # ------------------------------------------------------------------ export (fgir.export.forms)
+    export_variant = "default (GLSim two passes, batched crop)"
+
+    def export_module(self) -> nn.Module:
+        """The module ``fgir export`` traces: this model on the batched (traceable) crop path."""
+        if self.glsim_cfg.crop_impl == "batched":
+            return self
+        m = copy.copy(self)  # shares every sub-module; only the crop implementation differs
+        m.glsim_cfg = dataclasses.replace(self.glsim_cfg, crop_impl="batched")
+        return m
+
+    def export_unsupported(self) -> str | None:
+        if self.glsim_cfg.sim_metric == "random":
+            return "GLSim with sim_metric=random picks its crop patches at random (no deterministic graph)"
+        return None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The aggregated global tokens ``B x 2 x D`` (original, crop)."""

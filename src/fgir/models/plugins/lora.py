@@ -17,7 +17,9 @@ the q and v slices of timm's fused qkv Linear.
 
 from __future__ import annotations
 
+import copy
 import math
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -135,7 +137,25 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig | None = None) -> nn.Module:
     model.lora = updates.to(device=ref.device, dtype=ref.dtype)
     for lin, ups in per_linear.values():
         lin.register_forward_hook(_AddLoRA(ups))
+    from ...export.forms import register_export_form
+
+    model.lora_merged_copy = types.MethodType(lora_merged_copy, model)
+    register_export_form(model, "lora_merged_copy", "default (LoRA merged into the weights)")
     return model
+
+
+@torch.no_grad()
+def lora_merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every update merged into its Linear weights and the LoRA hooks
+    removed (the graph ``fgir export`` traces); ``model`` is unchanged."""
+    sd = merge_lora(model)
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        for k in [k for k, h in mod._forward_hooks.items() if isinstance(h, _AddLoRA)]:
+            del mod._forward_hooks[k]
+    del m.lora, m.lora_merged_copy, m.fgir_export
+    m.load_state_dict(sd)
+    return m
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["AttentionRecord", "record_attention", "attention_modules", "rollout", "rollout_scores",
+__all__ = ["AttentionRecord", "record_attention", "attention_modules", "rollout", "rollout_scores", "rollout_map",
+           "vit_root",
            "psm_indices", "maws_scores", "maws_indices", "DFSM_METHODS", "dfsm_cost", "vit_backbone_cost",
            "sequence_length", "table1"]
 
@@ -210,6 +211,43 @@ def table1(sizes: Sequence[int] = (224, 448, 768, 1024),
 
 
 # ============================================================================ visualisation
+def vit_root(model: nn.Module) -> nn.Module:
+    """The timm-style ViT holding ``blocks`` (``model`` itself, or the ``backbone`` a plug-in wraps)."""
+    root = model
+    while not hasattr(root, "blocks") and hasattr(root, "backbone"):
+        root = root.backbone
+    return root
+
+
+@torch.no_grad()
+def rollout_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Attention rollout of a ViT over its patch grid: ``B x g x g`` (larger = more relevant).
+
+    The CLS row of :func:`rollout` over the patches; for GAP models (no CLS token) the mean over the
+    patch rows stands in for the global row. Only the first encoder pass counts (GLSim runs it twice).
+
+    Raises:
+        ValueError: the patch tokens at the end do not form a square grid (e.g. tokens dropped).
+    """
+    import math
+
+    n_blocks = len(attention_modules(model))
+    root = vit_root(model)
+    prefix = int(getattr(root, "num_prefix_tokens", 1))
+    with record_attention(model) as rec:
+        model.eval()(x)
+    try:
+        m = rollout(rec.probs[:n_blocks])
+    except RuntimeError as e:  # per-layer token counts differ: a token-reduction plug-in dropped tokens
+        raise ValueError(f"attention rollout needs the same tokens in every block ({e}); "
+                         "token-reduced models are not supported.") from e
+    rows = m[:, 0, prefix:] if getattr(root, "cls_token", None) is not None else m[:, prefix:, prefix:].mean(1)
+    g = math.isqrt(rows.shape[-1])
+    if g * g != rows.shape[-1]:
+        raise ValueError(f"attention rollout: {rows.shape[-1]} patch tokens do not form a square grid.")
+    return rows.reshape(-1, g, g)
+
+
 def _rollout_applies(model: nn.Module) -> str:
     try:
         attention_modules(model)
@@ -224,8 +262,6 @@ def _register_viz() -> None:
     @register_viz("rollout", help="Attention rollout (CLS row over the patches) of a ViT over the image.",
                   applies=_rollout_applies)
     def viz_rollout(model: nn.Module, image: str, out) -> list:
-        import math
-
         import matplotlib
 
         matplotlib.use("Agg")
@@ -235,23 +271,13 @@ def _register_viz() -> None:
 
         x, shown = model_input(model, image, device=str(next(model.parameters()).device))
         n_blocks = len(attention_modules(model))
-        root = model
-        while not hasattr(root, "blocks") and hasattr(root, "backbone"):
-            root = root.backbone
-        prefix = int(getattr(root, "num_prefix_tokens", 1))
-        with torch.no_grad(), record_attention(model) as rec:
-            model.eval()(x)
-        probs = rec.probs[:n_blocks]  # the first pass (GLSim runs the encoder twice)
-        m = rollout(probs)
-        # GAP models (no CLS): the mean over the patch rows stands in for the global row
-        row = m[0, 0, prefix:] if getattr(root, "cls_token", None) is not None else m[0, prefix:, prefix:].mean(0)
-        g = math.isqrt(row.numel())
+        grid = rollout_map(model, x)[0]
         s = x.shape[-1]
         fig, axes = plt.subplots(1, 2, figsize=(8.2, 4.0), constrained_layout=True)
         axes[0].imshow(shown)
         axes[0].set_title("input (test transform)")
         axes[1].imshow(shown)
-        im = axes[1].imshow(row.reshape(g, g).cpu().numpy(), cmap="inferno", alpha=0.6, extent=(0, s, s, 0),
+        im = axes[1].imshow(grid.cpu().numpy(), cmap="inferno", alpha=0.6, extent=(0, s, s, 0),
                             interpolation="bilinear")
         fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02, label="rollout weight")
         axes[1].set_title(f"attention rollout over {n_blocks} blocks")

@@ -37,13 +37,14 @@ class CLAHead(nn.Module):
 
 class IFAHead(nn.Module):
     """IFA head (m = 0): Linear(G -> 1) over the tap axis (shared by channels) -> ReLU -> LayerNorm(D)
-    -> Linear(D -> K); ``G + 1 + 2D + DK + K`` parameters."""
+    -> Linear(D -> K); ``G + 1 + 2D + DK + K`` parameters. The CLCA plug-in uses it over its group
+    taps (LayerNorm eps 1e-5), the ``ifa`` plug-in over every block (Animesion: eps 1e-12)."""
 
-    def __init__(self, dim: int, taps: int, num_classes: int):
+    def __init__(self, dim: int, taps: int, num_classes: int, eps: float = 1e-5):
         super().__init__()
         self.taps = taps
         self.agg = nn.Linear(taps, 1)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.fc = nn.Linear(dim, num_classes)
 
     def forward(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -134,6 +134,9 @@ class ATS(Reducer):
     Counts are data-dependent; the budget ``int(kr^(s+1) P) + 1`` is an upper bound."""
 
     method, where = "ats", "attn"
+    export_unsupported = ("token_reduction method 'ats' keeps a data-dependent number of tokens per batch (the unique "
+                          "inverse-CDF samples), so it has no static ONNX graph; the other methods export with static "
+                          "keep counts")
 
     def select_rows(self, ctx: ReduceCtx, n: int) -> torch.Tensor:
         st, p = ctx.state, ctx.num_prefix

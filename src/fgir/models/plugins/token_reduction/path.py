@@ -193,6 +193,14 @@ class TokenPath(nn.Module):
             return self.protect_cache
         return bool(self.reducer is not None and self.reducer.protect_default)
 
+    def export_note(self) -> str | None:
+        """For ``fgir export``: the token counts the traced graph fixes (from the last forward)."""
+        if (self.reducer is None and not self.cache) or not self.last_counts:
+            return None
+        what = f"token_reduction {self.reducer.method}" if self.reducer is not None else "clca cache"
+        per = ",".join(str(a) if a == m else f"{a}>{m}" for a, m in self.last_counts)
+        return f"{what}: static token counts per block {per}"
+
     def extra_repr(self) -> str:
         return (f"locations={self.locations}, cache={self.cache}, num_clr={self.num_clr}, recovery={self.recovery}, "
                 f"taps={self.taps}, protect_suffix={self.protect_suffix}")
