@@ -125,9 +125,11 @@ def classify(p: Proc, expect: str, verify: Callable[[], bool] | None = None) -> 
     if verify is not None:
         try:
             ok = verify()
-        except Exception:  # noqa: BLE001  (a result that cannot be read is a wrong result)
+        except Exception as e:  # noqa: BLE001  (a result that cannot be read is a wrong result)
             ok = False
+            p.err += f"\n(check failed: {type(e).__name__}: {e})"
         if not ok:
+            p.err += "\n(the result check failed)"
             return "corrupted result"
     return "works"
 

@@ -188,7 +188,8 @@ def _cam_applies(model: nn.Module) -> str:
 
 @register_viz("cam", help="Grad-CAM (CNNs and ViTs, grad-cam library) or attention rollout (ViTs) over the image.",
               options={"--method": (str, "gradcam", f"one of {', '.join(CAM_METHODS)} (default: gradcam)"),
-                       "--target": (int, -1, "class id to explain (default: the top-1 prediction)")},
+                       "--target": (int, -1, "class id Grad-CAM explains (default: the top-1 prediction; "
+                                                   "rollout is class-agnostic)")},
               applies=_cam_applies)
 def viz_cam(model: nn.Module, image: str | os.PathLike, out, method: str = "gradcam", target: int = -1) -> list[Path]:
     import matplotlib
@@ -216,6 +217,9 @@ def viz_cam(model: nn.Module, image: str | os.PathLike, out, method: str = "grad
     s = x.shape[-1]
     im = axes[1].imshow(cam, cmap="jet", alpha=0.5, extent=(0, s, s, 0), vmin=0, vmax=1)
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02, label="relevance (scaled to [0, 1])")
-    label = "Grad-CAM" if method == "gradcam" else "attention rollout"
-    axes[1].set_title(f"{label}: {names[cls]} (p = {float(probs[cls]):.2f})", fontsize=10)
+    if method == "gradcam":
+        title = f"Grad-CAM of {names[cls]} (p = {float(probs[cls]):.2f})"
+    else:  # class-agnostic
+        title = f"attention rollout (top-1: {names[cls]}, p = {float(probs[cls]):.2f})"
+    axes[1].set_title(title, fontsize=10)
     return save_panels(fig, axes, out)
