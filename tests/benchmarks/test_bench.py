@@ -108,3 +108,13 @@ def test_csv_with_other_columns_is_refused(tmp_path, capsys):
     path.write_text("model,img_size\nx,1\n")
     assert main(["bench", "test_resnet", "--out-dir", str(tmp_path), *FAST]) == 2
     assert "has other columns" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rows_use_the_allocator_peak():
+    (row,) = fgir.bench("test_resnet", img_size=32, batch_size=4, device="cuda", dtype="fp16", train=True,
+                        repeats=2, warmup=2, iters=3, min_seconds=0.0, out_dir=None)
+    assert row["mem_method"] == "cuda_allocator" and row["dtype"] == "fp16" and row["device"].startswith("cuda")
+    assert row["infer_peak_mem_mib"] >= row["infer_peak_mem_growth_mib"] > 0
+    assert row["train_peak_mem_mib"] >= row["train_peak_mem_growth_mib"] > 0 and row["train_img_per_s"] > 0

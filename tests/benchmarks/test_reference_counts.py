@@ -10,8 +10,9 @@ Rows already asserted by another test are listed with that test (``ELSEWHERE``) 
 counted twice; a test checks each pointer still names an existing test. The default run counts
 one MAC cell per architecture or plug-in family at its cheapest size (``DEFAULT_RUN``; every
 parameter cell is counted, on the meta device); the other MAC cells (ViT-B at 448 px, ViT-L, the
-remaining keep rates: several minutes of CPU together) are ``slow`` and run with ``FGIR_FULL_COUNTS=1``
-(``FGIR_FULL_COUNTS=1 pytest tests/benchmarks/test_reference_counts.py``).
+remaining keep rates: about 2 minutes of one CPU thread together) are ``slow`` and run with
+``FGIR_FULL_COUNTS=1`` (``FGIR_FULL_COUNTS=1 pytest tests/benchmarks/test_reference_counts.py``).
+Not built here: TransFG (not in the registry) and the 8.2 TTP paper-convention cells (arithmetic).
 """
 
 from __future__ import annotations
@@ -124,33 +125,28 @@ TGDA += [Ref("8.4 ViT-B/16 (IN-21k) 448", VIT_B, 448, 200, (), 86_404_040, 78.51
              tier="full")]
 
 # ---------------------------------------------------------------- §8.5 DAF:re / Animesion (C = 3,263)
-ANIMESION = []
-for label, name, ifa, cells in [
-    ("ViT B-16", "vit_base_patch16_224", False, ((88_206_527, 5.640), (88_307_903, 17.569))),
-    ("ViT B-16 + IFA", "vit_base_patch16_224", True, ((88_206_540, 5.640), (88_307_916, 17.569))),
-    ("ViT B-32", "vit_base_patch32_224", False, ((89_939_135, 1.490), (89_964_479, 4.412))),
-    ("ViT L-16", "vit_large_patch16_224", False, ((306_511_039, 19.894), (306_646_207, 61.567))),
-    ("ViT L-16 + IFA", "vit_large_patch16_224", True, ((306_511_064, 19.894), (306_646_232, 61.567))),
-    ("ViT L-32", "vit_large_patch32_224", False, ((308_821_183, 5.203), (308_854_975, 15.382))),
-]:
-    for s, (params, g) in zip((128, 224), cells):
-        ANIMESION.append(Ref(f"8.5 {label} {s}", name, s, 3263, ({"name": "ifa"},) if ifa else (), params, g,
-                             tier="full"))
-for label, name, params, cells in [("ResNet-18", "resnet18", 12_850_431, (0.595, 1.818)),
-                                   ("ResNet-50", "resnet50", 30_193_919, (1.345, 4.105)),
-                                   ("ResNet-152", "resnet152", 64_829_695, (3.773, 11.541))]:
-    for s, g in zip((128, 224), cells):
-        ANIMESION.append(Ref(f"8.5 {label} {s}", name, s, 3263, (), params, g, rel=True,
-                             tier="full"))
-ANIMESION.append(Ref("8.5 Shallow CNN 224", "animesion_shallow", 224, 3263, (), 47_711_231, 0.251, rel=True))
+# Parameters: tests/models/test_animesion_models.py (see ELSEWHERE); the MAC cells are here.
+ANIMESION = [Ref(f"8.5 {label} {s}", name, s, 3263, (), None, g, rel=name.startswith("resnet"))
+             for label, name, cells in [("ViT B-16", "vit_base_patch16_224", (None, 17.569)),
+                                        ("ViT B-32", "vit_base_patch32_224", (1.490, 4.412)),
+                                        ("ViT L-16", "vit_large_patch16_224", (19.894, 61.567)),
+                                        ("ViT L-32", "vit_large_patch32_224", (5.203, 15.382)),
+                                        ("ResNet-18", "resnet18", (0.595, 1.818)),
+                                        ("ResNet-50", "resnet50", (1.345, 4.105)),
+                                        ("ResNet-152", "resnet152", (3.773, 11.541))]
+             for s, g in zip((128, 224), cells) if g is not None]
+ANIMESION += [Ref("8.5 ViT B-16 + IFA 224", "vit_base_patch16_224", 224, 3263, ({"name": "ifa"},), None, 17.569),
+              Ref("8.5 ViT L-16 + IFA 128", "vit_large_patch16_224", 128, 3263, ({"name": "ifa"},), None, 19.894),
+              Ref("8.5 ViT L-16 + IFA 224", "vit_large_patch16_224", 224, 3263, ({"name": "ifa"},), None, 61.567)]
 
 # The default run counts one cell per architecture / plug-in family, at its cheapest size (about
-# 30 s of one CPU thread); FGIR_FULL_COUNTS=1 counts every cell (several minutes).
-DEFAULT_RUN = {"8.1 ViT-B/16 224": "slow", "8.2 ILA+ 224": "slow", "8.3 CLIP 224 kr 0.7": "slow",
+# 15 s of one CPU thread); FGIR_FULL_COUNTS=1 counts every cell (about 2 minutes more).
+DEFAULT_RUN = {"8.1 ViT-B/16 224": "slow", "8.2 ILA+ 224": "slow", "8.2 VPT-D 224": "slow",
+               "8.3 CLIP 224 kr 0.7": "slow", "8.3 DeiT3 224 kr 0.1 +CLCA": "slow",
+               "8.4 CAL ResNet-101 teacher 448": "slow",
                "8.4 lrnet18 224": "fast", "8.4 lrnet26 224": "fast", "8.4 resnet34 128": "fast",
                "8.4 resnet50 128": "fast", "8.4 resnet101 128": "fast", "8.4 ViTFS-S 128": "fast",
-               "8.5 ViT B-16 + IFA 128": "slow", "8.5 ViT B-32 128": "fast", "8.5 ResNet-18 128": "fast",
-               "8.5 Shallow CNN 224": "fast"}
+               "8.5 ViT B-32 128": "fast", "8.5 ResNet-18 128": "fast"}
 TABLE = [r._replace(tier=DEFAULT_RUN.get(r.id, "full")) for r in GLSIM_ILA + _clca_rows() + TGDA + ANIMESION]
 
 # Cells of §8 asserted by a test elsewhere (row -> "file::test"); they are not repeated above.
@@ -158,6 +154,8 @@ ELSEWHERE = {
     "8.1 GLSim 224 (params, GMACs), 448 and no-aggregator 224 (params), aggregator / LN params":
         "plugins/test_glsim.py::test_12_vit_b_parameter_count, test_13_vit_b_macs_224, "
         "test_12_without_aggregator_count, test_11_aggregator_counts_vit_b",
+    "8.1 Table 1 analytic costs": "plugins/test_selection.py::test_15_backbone_cost, test_15_small_costs, "
+                                  "test_15_costs_at_224",
     "8.2 adapter parameters, non-head trainable per task, totals @224":
         "plugins/test_ila.py::test_item01_plain_ila_has_13336_and_ds_ila_20248_parameters, "
         "plugins/test_peft.py::test_item10_non_head_trainable_per_task_on_vit_b16, "
@@ -174,6 +172,9 @@ ELSEWHERE = {
         "models/test_vitfs.py::test_params_exact, test_macs_full_count, test_macs_without_attention_matmuls",
     "8.4 DeiT-T/S/B @448": "benchmarks/test_flops.py::test_deit_at_448_matches_paper",
     "8.4 CAL teacher parameters": "plugins/test_cal.py::test_param_census_resnet101_teacher_k200",
+    "8.5 every parameter cell, ViT B-16 (+ IFA) GMACs @128, Shallow CNN GMACs":
+        "models/test_animesion_models.py::test_param_counts_match_reference, test_vit_b16_128_macs, "
+        "test_vit_b16_128_ifa_macs, test_shallow_macs_at_224",
 }
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -97,9 +98,11 @@ def test_skipped_unreadable_images_are_counted_in_final_json(tiny_root, tmp_path
 def _int_list_fields():
     for name in PLUGINS.names():
         cls = PLUGINS.meta(name)["config"]
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if isinstance(default, list) and default and all(type(v) is int for v in default):
+            typed = typing.get_args(hints[f.name]) == (int,) and typing.get_origin(hints[f.name]) is list
+            if typed or (isinstance(default, list) and default and all(type(v) is int for v in default)):
                 yield pytest.param(name, f.name, id=f"{name}.{f.name}")
 
 
@@ -108,3 +111,22 @@ def test_plugin_index_lists_refuse_non_integer_entries(plugin, field):
     model = "test_vit" if "vit" in PLUGINS.meta(plugin)["families"] else "test_resnet"
     with pytest.raises(ConfigError, match=rf"model\.plugins\[0\]\.{field}\[0\] expects an integer, got 'abc'"):
         load_config(overrides=[f"model.name={model}", f"model.plugins=[{{name: {plugin}, {field}: abc}}]"])
+
+
+def test_a_damaged_metrics_line_is_dropped_on_resume_with_a_warning(tiny_root, tmp_path, capsys):
+    cfg = tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split=")
+    run = Path(train_mod.train(cfg)["run_dir"])
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 1, "train_lo\n')  # a write cut short
+    train_mod.train(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=2)), resume=str(run))
+    assert f"{run / 'metrics.jsonl'}:2 is not a JSON row" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_resume_of_a_finished_run_with_a_changed_key_is_refused(tiny_root, tmp_path):
+    cfg = tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split=")
+    run = Path(train_mod.train(cfg)["run_dir"])
+    changed = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.5))
+    with pytest.raises(ConfigError, match=r"the run is finished, so the changed key\(s\) \(optim\.lr 0\.01 -> 0\.5\)"):
+        train_mod.train(changed, resume=str(run))

@@ -222,7 +222,7 @@ def peak_rss_growth(step: Callable[[], Any], steps: int = 2) -> dict[str, Any]:
         for _ in range(steps):
             step()
         return {"peak_mib": None, "growth_mib": None, "method": "unavailable"}
-    if _reset_peak_rss():
+    if _status_kib("VmHWM") is not None and _reset_peak_rss():
         for _ in range(steps):
             step()
         peak, method = _status_kib("VmHWM") or 0, "vmhwm"
@@ -238,7 +238,8 @@ def peak_rss_growth(step: Callable[[], Any], steps: int = 2) -> dict[str, Any]:
     return {"peak_mib": peak / 1024, "growth_mib": max(0, peak - before) / 1024, "method": method}
 
 
-def _memory_step(model: nn.Module, size: int, batch: int, dtype: str, mode: str, num_classes: int) -> Callable:
+def _memory_step(model: nn.Module, size: int, batch: int, dtype: str, mode: str,
+                 num_classes: int | None) -> Callable:
     from .speed import _autocast, make_train_step
 
     dev = torch.device("cpu")
@@ -264,14 +265,12 @@ def measure_cpu_memory(source: BenchSource | nn.Module, img_size: int, batch_siz
     measurement left mapped can hide part of the growth)."""
     threads = threads or torch.get_num_threads()
     if isinstance(source, nn.Module):
-        if num_classes is None and mode == "train":
-            raise ValueError("num_classes is needed to measure training memory of a module")
         saved = torch.get_num_threads()
         torch.set_num_threads(threads)
         was_training = source.training
         try:
             res = peak_rss_growth(_memory_step(_deployed(source, inference) if mode == "infer" else source,
-                                               img_size, batch_size, dtype, mode, num_classes or 0))
+                                               img_size, batch_size, dtype, mode, num_classes))
         finally:
             torch.set_num_threads(saved)
             source.train(was_training)
@@ -491,8 +490,7 @@ def run_bench(models: Sequence[str | nn.Module], img_sizes: Sequence[int] | None
                     row.update(zip(("train_img_per_s", "train_img_per_s_min", "train_img_per_s_max",
                                     "train_spread_pct"), _spread(tr["img_per_s_repeats"])))
                 if memory:
-                    row.update(_memory_columns(src, model, sp, tr if train else None, size, b, dtype, dev, threads,
-                                               info, train))
+                    row.update(_memory_columns(src, sp, tr if train else None, size, b, dtype, dev, threads, info))
                 for k in ("latency_ms", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "infer_img_per_s",
                           "infer_img_per_s_min", "infer_img_per_s_max", "train_img_per_s", "train_img_per_s_min",
                           "train_img_per_s_max"):
@@ -510,8 +508,8 @@ def run_bench(models: Sequence[str | nn.Module], img_sizes: Sequence[int] | None
     return rows
 
 
-def _memory_columns(src, model, sp: dict, tr: dict | None, size: int, batch: int, dtype: str, dev: torch.device,
-                    threads: int, info: dict, train: bool) -> dict:
+def _memory_columns(src, sp: dict, tr: dict | None, size: int, batch: int, dtype: str, dev: torch.device,
+                    threads: int, info: dict) -> dict:
     if dev.type == "cuda":
         out = {"mem_method": "cuda_allocator", "infer_peak_mem_mib": sp["peak_mem_allocated_mib"],
                "infer_peak_mem_growth_mib": sp["peak_mem_allocated_mib"] - sp["mem_allocated_before_mib"]}
@@ -520,7 +518,7 @@ def _memory_columns(src, model, sp: dict, tr: dict | None, size: int, batch: int
                        train_peak_mem_growth_mib=tr["peak_mem_allocated_mib"] - tr["mem_allocated_before_mib"])
         return out
     out = {}
-    for mode in ("infer", "train") if train else ("infer",):
+    for mode in ("infer", "train") if tr is not None else ("infer",):
         m = measure_cpu_memory(src, size, batch, dtype, mode, threads, info["inference"], info["num_classes"])
         out.update({f"{mode}_peak_mem_mib": m["peak_mib"], f"{mode}_peak_mem_growth_mib": m["growth_mib"],
                     "mem_method": m["method"]})

@@ -183,12 +183,26 @@ class _Logger:
                 print(f"warning: curves.png not drawn ({type(e).__name__}: {e}); training goes on.", flush=True)
 
 
+def _log_rows(p: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a damaged line (a killed write, an edit) is dropped with a warning."""
+    rows = []
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            row = None
+            print(f"fgir: warning: {p}:{n} is not a JSON row; dropped from the log", file=sys.stderr)
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def _truncate_logs(run_dir: Path, epoch: int) -> None:
     """On resume, drop log rows of epochs after the checkpoint (they will be re-run)."""
     p = run_dir / "metrics.jsonl"
     if not p.exists():
         return
-    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows = _log_rows(p)
     rows = [r for r in rows if r.get("epoch", 0) <= epoch]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = run_dir / "metrics.csv"
@@ -264,7 +278,7 @@ def _logged_time(run_dir: Path, epoch: int) -> float:
     p = run_dir / "metrics.jsonl"
     if not p.is_file():
         return 0.0
-    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows = _log_rows(p)
     times = [r["time_s"] for r in rows if r.get("epoch", 0) <= epoch and isinstance(r.get("time_s"), (int, float))]
     return float(times[-1]) if times else 0.0
 
@@ -425,6 +439,13 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_overrid
             raise FileNotFoundError(f"resume: {resume} is neither a run folder nor a checkpoint.")
         resume_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         done = _finished_result(resume_dir, cfg)
+        ignored = {k: v for k, v in resume_changes(resume_dir, cfg).items() if k != "optim.epochs"} \
+            if done is not None and not resume_override else {}
+        if ignored:  # nothing trains, so the changes would be silently unused
+            listed = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(ignored.items())[:6])
+            raise ConfigError(f"--resume {resume_dir}: the run is finished, so the changed key(s) ({listed}) would "
+                              "not be used; raise optim.epochs to train on, or start a new run with "
+                              f"model.checkpoint={resume_dir}.")
         if done is not None:
             if info.is_main:
                 print(f"{resume_dir} is finished ({done.get('epochs', cfg.optim.epochs)} epochs, final.json "

@@ -61,7 +61,7 @@ class H2TConfig(PluginConfig):
     """H2T (Head2Toe, arXiv 2201.03529) as in the CLCA reference: pooled block features -> Linear."""
 
     name: str = "h2t"
-    locations: list = field(default_factory=list)
+    locations: list[int] = field(default_factory=list)
     """Blocks whose features are used; empty = every block (h2t_all), [3, 6, 9, 11] = h2t_groups."""
     lasso_weight: float = 0.0
     """Group-lasso weight on the head (reference *_lasso runs: 1e-4); logged as loss_group_lasso."""
@@ -126,7 +126,7 @@ class VQTConfig(PluginConfig):
     """VQT (Visual Query Tuning, arXiv 2212.03220), correct query-only prompts (deviation from the buggy reference)."""
 
     name: str = "vqt"
-    locations: list = field(default_factory=list)
+    locations: list[int] = field(default_factory=list)
     """Blocks with query tokens; empty = every block (vqt_all), [3, 6, 9, 11] = vqt_groups."""
     num_queries: int = 5
     """Query tokens per selected block."""

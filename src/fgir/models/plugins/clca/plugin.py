@@ -62,9 +62,9 @@ class CLCAConfig(PluginConfig):
     """Include the initial CLR in the GAP carrier until the first recovery."""
     recover_at_last: bool = True
     """Add block L-2 as a final recovery block (reference default)."""
-    locations: list = field(default_factory=list)
+    locations: list[int] = field(default_factory=list)
     """Group boundaries; empty = the token_reduction locations, else [3, 6, 9] (depth*k//4 for other depths)."""
-    taps: list = field(default_factory=list)
+    taps: list[int] = field(default_factory=list)
     """Blocks whose CLS feeds the head; empty = locations + the last block."""
     protect_cache: str = "auto"
     """Keep the CLR and cache tokens out of reduction: auto (faithful: DPC-KNN only; fixed: always), on or off."""
