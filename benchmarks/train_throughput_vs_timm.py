@@ -26,9 +26,17 @@ but the closest official entry point in the installed package: the components tr
 training transforms, ``timm.task.ClassificationTask`` with ``create_classification_loss``
 label smoothing, ``timm.optim.create_optimizer_v2``, ``timm.scheduler.create_scheduler_v2``
 stepped per update) driven by a plain loop (forward, backward, optimiser step, scheduler update)
-written here. With ``--timm-train-py PATH`` (a checkout of github.com/huggingface/pytorch-image-models
-matching the installed timm) the real ``train.py`` runs instead, with equivalent flags; its
-``train_one_epoch`` is wrapped to time each epoch (validation is not timed).
+written here. With ``--timm-train-py PATH`` (a train.py from github.com/huggingface/pytorch-image-models
+whose imports the installed timm satisfies; tested with commit 2aabaef0) the real, unmodified
+``train.py`` runs instead (its ``main()`` in the worker process) with equivalent flags
+(``--sched-on-updates``, ``--log-interval 1``, ``--no-prefetcher`` on the CPU), and its rate is read
+from its own per-update ``Train: ... Time: t s, r/s`` log lines: an epoch's img/s is the sum of
+images over the sum of update times (data wait included, validation excluded). train.py versions
+without ``--device`` get the device through the parser defaults and ``device=`` passed to
+``train_one_epoch``/``validate``, which they would otherwise default to CUDA; whole-epoch wall
+times are kept next to the log rates as a cross-check. train.py cannot cap steps, so with
+``--max-steps N`` (smoke runs) its tree holds a seeded subset of N batches of training images and
+one batch of validation images.
 
 CUB-100 is exposed to timm as a symlink ImageFolder tree (``train/<class>/...``,
 ``validation/<class>/...``) in a temporary folder; fgir reads the official layout as usual.
@@ -40,6 +48,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 import statistics
 import subprocess
 import sys
@@ -51,16 +61,26 @@ RECIPE = "configs/recipes/cub100_resnet18_64.yaml"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def imagefolder_tree(root: Path, dest: Path) -> dict[str, int]:
-    """Symlink CUB-100 (images.txt, train_test_split.txt) into dest/{train,validation}/<class>/."""
+def imagefolder_tree(root: Path, dest: Path, limit: dict[str, int] | None = None) -> dict[str, int]:
+    """Symlink CUB-100 (images.txt, train_test_split.txt) into dest/{train,validation}/<class>/.
+
+    ``limit`` keeps a seeded random subset of at most that many images per split (smoke runs of
+    timm's train.py, whose epochs cannot be capped otherwise)."""
     def table(name: str) -> dict[str, str]:
         rows = (line.split(",", 1) for line in (root / name).read_text().splitlines() if line.strip())
         return {k.strip(): v.strip() for k, v in rows}
 
     images, is_train = table("images.txt"), table("train_test_split.txt")
+    split_of = {i: "train" if is_train[i] == "1" else "validation" for i in images}
+    if limit:
+        keep = set()
+        for split, n in limit.items():
+            ids = sorted(i for i, s in split_of.items() if s == split)
+            keep.update(random.Random(0).sample(ids, min(n, len(ids))))
+        images = {i: rel for i, rel in images.items() if i in keep}
     counts = {"train": 0, "validation": 0}
     for i, rel in images.items():
-        split = "train" if is_train[i] == "1" else "validation"
+        split = split_of[i]
         link = dest / split / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
@@ -142,8 +162,37 @@ def _timm_components_worker(job: dict) -> dict:
                            "create_scheduler_v2) + a plain loop; not train.py"}
 
 
+TRAIN_LOG = re.compile(r"Train: (\d+) \[\s*(\d+)/(\d+).*?Time: ([\d.]+)s,\s*([\d.]+)/s")
+
+
+def rate_from_train_log(lines: list[str]) -> tuple[list[float], int]:
+    """Per-epoch img/s from train.py's per-update log lines (``--log-interval 1``).
+
+    Each line ``Train: E [i/N ...] Time: t s, r/s ...`` gives the wall time t of one update (data
+    wait included; the first update of an epoch includes the DataLoader worker start-up) and
+    r = images / t. An epoch's rate is sum(images) / sum(t) over its updates."""
+    per_epoch: dict[int, list[float]] = {}
+    for line in lines:
+        m = TRAIN_LOG.search(line)
+        if m:
+            t, r = float(m.group(4)), float(m.group(5))
+            acc = per_epoch.setdefault(int(m.group(1)), [0.0, 0.0])
+            acc[0] += r * t
+            acc[1] += t
+    rates = [round(n / t, 2) for _, (n, t) in sorted(per_epoch.items()) if t > 0]
+    return rates, sum(1 for x in lines if TRAIN_LOG.search(x))
+
+
 def _timm_train_py_worker(job: dict) -> dict:
-    """timm's train.py itself, with its train_one_epoch wrapped to time each epoch."""
+    """timm's train.py itself, unmodified: run its main() with equivalent flags, read its log lines.
+
+    The harness only (a) sets ``args.device`` through the parser defaults when the given train.py
+    has no ``--device`` option (older train.py versions assume CUDA), and (b) wraps
+    ``train_one_epoch`` / ``validate`` to pass ``device=`` when main() does not (those versions
+    default it to CUDA) and to time whole epochs as a cross-check of the log-derived rate."""
+    import inspect
+    import logging
+
     import timm
     import torch
 
@@ -151,32 +200,59 @@ def _timm_train_py_worker(job: dict) -> dict:
     sys.path.insert(0, str(path.parent))
     import train as timm_train  # noqa: PLC0415  (timm's script, given on the command line)
 
-    rates = []
-    inner = timm_train.train_one_epoch
+    dev = torch.device(job["device"])
+    cuda = dev.type == "cuda"
+    wall_rates: list[float] = []
 
-    def timed(*args, **kwargs):
-        loader = next(v for v in list(args) + list(kwargs.values())
-                      if isinstance(v, torch.utils.data.DataLoader) or hasattr(v, "loader"))
-        t0 = time.time()
-        out = inner(*args, **kwargs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rates.append(len(loader) * job["batch_size"] / (time.time() - t0))
-        return out
+    def with_device(fn, timed: bool):
+        takes_device = "device" in inspect.signature(fn).parameters
 
-    timm_train.train_one_epoch = timed
-    sys.argv = [str(path), job["tree"], "--model", job["model"], "--num-classes", str(job["num_classes"]),
+        def call(*args, **kwargs):
+            if takes_device:
+                kwargs.setdefault("device", dev)
+            t0 = time.time()
+            out = fn(*args, **kwargs)
+            if timed:
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                loader = args[2] if len(args) > 2 else kwargs["loader"]
+                wall_rates.append(round(len(loader) * job["batch_size"] / (time.time() - t0), 2))
+            return out
+        return call
+
+    timm_train.train_one_epoch = with_device(timm_train.train_one_epoch, timed=True)
+    timm_train.validate = with_device(timm_train.validate, timed=False)
+    options = {o for act in timm_train.parser._actions for o in act.option_strings}
+    device_flag = ["--device", job["device"]] if "--device" in options else []
+    if not device_flag:
+        timm_train.parser.set_defaults(device=job["device"])
+
+    log_lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            log_lines.append(record.getMessage())
+
+    logging.getLogger("train").addHandler(Keep())
+    sys.argv = [str(path), "--data-dir", job["tree"], "--train-split", "train", "--val-split", "validation",
+                "--model", job["model"], "--num-classes", str(job["num_classes"]),
                 "--img-size", str(job["img_size"]), "-b", str(job["batch_size"]), "--epochs", str(job["epochs"]),
-                "--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.05", "--sched", "cosine",
-                "--warmup-epochs", "2", "--aa", "rand-m9-n2", "--smoothing", "0.1", "--color-jitter", "0",
-                "--scale", "0.08", "1.0", "--hflip", "0.5", "--train-interpolation", "bilinear",
-                "--mean", *map(str, MEAN), "--std", *map(str, STD), "--workers", str(job["workers"]),
-                "--device", job["device"], "--output", job["output"], "--log-interval", "100000",
-                "--seed", "0"] + ([] if job["device"].startswith("cuda") else ["--no-prefetcher"])
+                "--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.05",
+                "--sched", "cosine", "--sched-on-updates", "--warmup-epochs", "2", "--warmup-lr", "1e-5",
+                "--min-lr", "1e-6", "--smoothing", "0.1", "--aa", "rand-m9-n2", "--color-jitter", "0",
+                "--reprob", "0", "--scale", "0.08", "1.0", "--ratio", str(3 / 4), str(4 / 3), "--hflip", "0.5",
+                "--train-interpolation", "bilinear", "--mean", *map(str, MEAN), "--std", *map(str, STD),
+                "--workers", str(job["workers"]), "--output", job["output"], "--experiment", "timm",
+                "--checkpoint-hist", "1", "--log-interval", "1", "--seed", "0", *device_flag]
+    sys.argv += ["--pin-mem"] if cuda else ["--no-prefetcher"]
     torch.set_num_threads(job["threads"])
     timm_train.main()
-    return {"img_per_s_per_epoch": [round(r, 2) for r in rates], "timm": timm.__version__,
-            "entry_point": f"train.py ({path})"}
+    rates, n_lines = rate_from_train_log(log_lines)
+    if len(rates) != job["epochs"]:
+        raise SystemExit(f"parsed {n_lines} 'Train:' log lines into {len(rates)} epochs, expected {job['epochs']}")
+    return {"img_per_s_per_epoch": rates, "wall_img_per_s_per_epoch": wall_rates, "log_lines_parsed": n_lines,
+            "timm": timm.__version__, "argv": sys.argv[1:],
+            "entry_point": f"train.py ({path}); rates from its per-update log lines"}
 
 
 def run_timm(a, work: Path, tree: Path) -> dict:
@@ -184,8 +260,6 @@ def run_timm(a, work: Path, tree: Path) -> dict:
            "batch_size": a.batch_size, "epochs": a.epochs, "threads": a.threads, "workers": a.timm_workers,
            "device": a.device, "max_steps": a.max_steps, "train_py": a.timm_train_py,
            "output": str(work / "timm_out")}
-    if a.timm_train_py and a.max_steps:
-        raise SystemExit("--max-steps cannot shorten timm's train.py epochs; leave it 0 with --timm-train-py.")
     t0 = time.time()
     proc = subprocess.run([sys.executable, __file__, "--_timm-worker", json.dumps(job)], capture_output=True,
                           text=True)
@@ -213,7 +287,7 @@ def main() -> None:
     ap.add_argument("--timm-workers", type=int, default=2, help="timm DataLoader worker processes")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     ap.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch on both sides (smoke runs; "
-                    "0 = whole epochs)")
+                    "with --timm-train-py via a subset tree; 0 = whole epochs)")
     ap.add_argument("--timm-train-py", default="", help="timm's train.py (a pytorch-image-models checkout); "
                     "default: timm's training components (see above)")
     ap.add_argument("--only", choices=["both", "fgir", "timm"], default="both")
@@ -228,7 +302,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fgir_vs_timm_") as tmp:
         work = Path(tmp)
         tree = work / "cub100_imagefolder"
-        counts = imagefolder_tree(Path(a.root), tree)
+        # train.py runs whole epochs: with --max-steps its tree holds max_steps batches (and one val batch)
+        limit = {"train": a.max_steps * a.batch_size, "validation": a.batch_size} \
+            if a.timm_train_py and a.max_steps else None
+        counts = imagefolder_tree(Path(a.root), tree, limit)
         res = {"model": a.model, "img_size": a.img_size, "batch_size": a.batch_size, "epochs": a.epochs,
                "threads": a.threads, "timm_workers": a.timm_workers, "max_steps_per_epoch": a.max_steps,
                "images": counts, "env": environment(a.device, "fp32", a.batch_size, a.img_size, a.threads),
