@@ -118,6 +118,17 @@ def _read_tag_names(path: Path) -> dict[int, str]:
     return names
 
 
+def read_split_files(files: dict[str, Path]) -> tuple[dict[str, list[Row]], int]:
+    """Read published split CSVs (``{split: path}``), refuse rows repeated within or across them,
+    and return the rows with the class count implied by the largest class id."""
+    try:
+        rows = {s: read_split(p) for s, p in files.items()}
+    except ManifestError as e:
+        raise ConversionError(str(e)) from e
+    check_no_duplicates(rows, files)
+    return rows, 1 + max(r.class_id for rs in rows.values() for r in rs)
+
+
 def check_no_duplicates(splits: dict[str, list[Row]], files: dict[str, Path]) -> None:
     """An image listed twice (in one split or across splits) is an error naming both places and
     the number of repeated rows."""
@@ -159,13 +170,7 @@ def convert_daf(src_root: str | os.PathLike, out_dir: str | os.PathLike, *, imag
     labels = src / "labels"
     extra: dict = {}
     if (labels / "train.csv").is_file():
-        files = {s: labels / f"{s}.csv" for s in ("train", "val", "test")}
-        try:
-            rows = {s: read_split(p) for s, p in files.items()}
-        except ManifestError as e:
-            raise ConversionError(str(e)) from e
-        check_no_duplicates(rows, files)
-        k = 1 + max(r.class_id for rs in rows.values() for r in rs)
+        rows, k = read_split_files({s: labels / f"{s}.csv" for s in ("train", "val", "test")})
         names = _label_names(src, k)
         extra["dafre_source"] = "labels"
     else:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..manifest import CLASS_TABLE, ManifestError, Row, read_class_table, read_split
+from ..manifest import CLASS_TABLE, Row, read_class_table
 from .base import ConversionError, _is_image, _numeric_names, _register, write_manifest
-from .daf import check_no_duplicates
+from .daf import read_split_files
 
 MOE_TRAIN = 0.8
 
@@ -40,13 +40,7 @@ def convert_moeimouto(src_root: str | os.PathLike, out_dir: str | os.PathLike, *
     table = src / CLASS_TABLE
     extra: dict = {}
     if (src / "train.csv").is_file():
-        files = {"train_val": src / "train.csv", "test": src / "test.csv"}
-        try:
-            rows = {s: read_split(p) for s, p in files.items()}
-        except ManifestError as e:
-            raise ConversionError(str(e)) from e
-        check_no_duplicates(rows, files)
-        k = 1 + max(r.class_id for rs in rows.values() for r in rs)
+        rows, k = read_split_files({"train_val": src / "train.csv", "test": src / "test.csv"})
         names = read_class_table(table) if table.is_file() else _numeric_names(k, base=0)
         if len(names) < k:
             raise ConversionError(f"{table}: {len(names)} classes, but the split files use class ids up to {k - 1}.")
