@@ -258,7 +258,7 @@ def main() -> int:
     result = {
         "checkpoint": str(ckpt) if a.checkpoint else f"untrained {a.model} via the save path",
         "model": info["model"], "img_size": info["img_size"], "num_classes": info["num_classes"],
-        "server_threads": info.get("threads"), "image": str(image), "image_bytes": len(data),
+        "server_threads": info.get("threads"), "image": os.path.relpath(image), "image_bytes": len(data),
         "uploads_per_mode": a.uploads, "warmup_per_mode": a.warmup, "overlay_auto": overlay_method,
         "ms": {m: {k: spread(v) for k, v in rows[m].items()} for m in modes},
         "load_average_1_5_15": {"before": [round(v, 2) for v in load_before],

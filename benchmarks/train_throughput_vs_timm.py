@@ -322,7 +322,8 @@ def main() -> None:
         res["ratio_fgir_over_timm"] = round(res["fgir"]["img_per_s"] / res["timm"]["img_per_s"], 3)
         print(f"ratio fgir / timm = {res['ratio_fgir_over_timm']:.3f} (goal >= 1.15)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2, default=str))
+    # the temporary work folder is gone after the run: record it as WORK_TMP, not a machine path
+    Path(a.out).write_text(json.dumps(res, indent=2, default=str).replace(str(work), "WORK_TMP"))
     print(f"wrote {a.out}")
 
 
