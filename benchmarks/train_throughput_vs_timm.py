@@ -245,6 +245,7 @@ def _timm_train_py_worker(job: dict) -> dict:
                 "--workers", str(job["workers"]), "--output", job["output"], "--experiment", "timm",
                 "--checkpoint-hist", "1", "--log-interval", "1", "--seed", "0", *device_flag]
     sys.argv += ["--pin-mem"] if cuda else ["--no-prefetcher"]
+    sys.argv += job.get("extra", [])
     torch.set_num_threads(job["threads"])
     timm_train.main()
     rates, n_lines = rate_from_train_log(log_lines)
@@ -259,7 +260,7 @@ def run_timm(a, work: Path, tree: Path) -> dict:
     job = {"tree": str(tree), "model": a.model, "num_classes": 100, "img_size": a.img_size,
            "batch_size": a.batch_size, "epochs": a.epochs, "threads": a.threads, "workers": a.timm_workers,
            "device": a.device, "max_steps": a.max_steps, "train_py": a.timm_train_py,
-           "output": str(work / "timm_out")}
+           "output": str(work / "timm_out"), "extra": a.timm_extra.split()}
     t0 = time.time()
     proc = subprocess.run([sys.executable, __file__, "--_timm-worker", json.dumps(job)], capture_output=True,
                           text=True)
@@ -290,6 +291,8 @@ def main() -> None:
                     "with --timm-train-py via a subset tree; 0 = whole epochs)")
     ap.add_argument("--timm-train-py", default="", help="timm's train.py (a pytorch-image-models checkout); "
                     "default: timm's training components (see above)")
+    ap.add_argument("--timm-extra", default="", help="extra flags for timm's train.py (with --timm-train-py), "
+                    "one string, e.g. '--opt-kwargs fused=True' (torch's fused AdamW, fgir's default)")
     ap.add_argument("--only", choices=["both", "fgir", "timm"], default="both")
     ap.add_argument("--out", default="bench_out/train_throughput_vs_timm.json")
     a = ap.parse_args()
@@ -306,7 +309,8 @@ def main() -> None:
         limit = {"train": a.max_steps * a.batch_size, "validation": a.batch_size} \
             if a.timm_train_py and a.max_steps else None
         counts = imagefolder_tree(Path(a.root), tree, limit)
-        res = {"model": a.model, "img_size": a.img_size, "batch_size": a.batch_size, "epochs": a.epochs,
+        res = {"model": a.model, "img_size": a.img_size, "timm_extra": a.timm_extra,
+               "batch_size": a.batch_size, "epochs": a.epochs,
                "threads": a.threads, "timm_workers": a.timm_workers, "max_steps_per_epoch": a.max_steps,
                "images": counts, "env": environment(a.device, "fp32", a.batch_size, a.img_size, a.threads),
                "timm_version": timm.__version__, "torch_version": torch.__version__}

@@ -79,9 +79,20 @@ def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: 
 def build_optimizer(cfg: Config, task: torch.nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer over every trainable parameter of the Task (the deployed model and any
     trainable part outside it; frozen ones are skipped). Norm weights, biases and the model's
-    ``no_weight_decay()`` names get no weight decay (timm's rule)."""
+    ``no_weight_decay()`` names get no weight decay (timm's rule). With ``optim.fused`` the
+    optimizers torch has a fused kernel for run it (same update, one kernel instead of a loop)."""
+    kw = {}
+    if cfg.optim.fused:
+        from timm.optim import get_optimizer_class
+
+        try:
+            cls = get_optimizer_class(cfg.optim.opt, bind_defaults=False)
+        except (ValueError, KeyError, AssertionError):
+            cls = None  # an unknown name: create_optimizer_v2 reports it below
+        if cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad):
+            kw["fused"] = True
     return create_optimizer_v2(task, opt=cfg.optim.opt, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                               momentum=cfg.optim.momentum)
+                               momentum=cfg.optim.momentum, **kw)
 
 
 class EpochScheduler:
