@@ -4,7 +4,8 @@
 
 For lrnet14 at 128 px and ViTFS-T (``vitfs_tiny``) at 224 px (random weights, 200 classes, eval
 mode): export with the path ``fgir export`` uses (TorchScript-based exporter, opset 17, fixed
-batch), check parity on the benchmark batch, then time PyTorch eager (``torch.no_grad``) and
+batch, eval-mode token BatchNorms folded into the Linear after them unless ``--no-fold``; see
+``fgir.export.fold``), check parity on the benchmark batch, then time PyTorch eager (``torch.no_grad``) and
 onnxruntime (CPUExecutionProvider, all graph optimisations) on the same batch with the same
 thread count: ``--warmup`` untimed batches each, then ``--iters`` timed batches alternating
 between the two backends (so a change in machine load hits both alike). Reports the median
@@ -24,18 +25,21 @@ import numpy as np
 import torch
 
 from fgir.benchmarks.speed import environment
+from fgir.export.fold import fold_if_equal
 from fgir.export.onnx import export_module, onnx_session
 from fgir.models.factory import create_model
 
 MODELS = (("lrnet14", 128), ("vitfs_tiny", 224))
 
 
-def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: int, tmp: Path) -> dict:
+def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: int, tmp: Path,
+          fold: bool = True) -> dict:
     torch.manual_seed(0)
     model = create_model(name, num_classes=200).eval()
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     path = tmp / f"{name}_{size}.onnx"
-    export_module(model, x, path)
+    traced, folded, _ = fold_if_equal(model, x, 1e-5) if fold else (model, 0, 0.0)
+    export_module(traced, x, path)
     sess = onnx_session(path, threads=threads)
     feed = {"image": x.numpy()}
     with torch.no_grad():
@@ -59,6 +63,7 @@ def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: in
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": name, "img_size": size, "batch_size": batch, "threads": threads, "max_abs_diff": diff,
+            "folded_norms": folded,
             "torch_img_s": round(batch / med["torch"], 2), "onnxruntime_img_s": round(batch / med["onnxruntime"], 2),
             "ratio": round(med["torch"] / med["onnxruntime"], 3),
             "torch_batch_s": [round(t, 4) for t in times["torch"]],
@@ -71,21 +76,23 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed batches per backend (default: 3)")
     ap.add_argument("--iters", type=int, default=10, help="timed batches per backend (default: 10)")
+    ap.add_argument("--no-fold", action="store_true", help="export without folding token BatchNorms (fgir export "
+                    "--no-fold)")
     ap.add_argument("--out", default="", help="also write the rows (with every batch time) to this JSON file")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [bench(n, s, a.batch_size, a.threads, a.warmup, a.iters, Path(tmp)) for n, s in MODELS]
+        rows = [bench(n, s, a.batch_size, a.threads, a.warmup, a.iters, Path(tmp), not a.no_fold) for n, s in MODELS]
     import onnxruntime
 
     env = environment("cpu", batch_size=a.batch_size)
     print(f"# torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {a.threads} threads, "
           f"batch {a.batch_size}, median of {a.iters} after {a.warmup} warm-up; {env['device_name']}")
-    print("| model | px | PyTorch eager img/s | onnxruntime img/s | ratio | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    print("| model | px | norms folded | PyTorch eager img/s | onnxruntime img/s | ratio | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['img_size']} | {r['torch_img_s']:.1f} | {r['onnxruntime_img_s']:.1f} | "
-              f"{r['ratio']:.2f}x | {r['max_abs_diff']:.2g} |")
+        print(f"| {r['model']} | {r['img_size']} | {r['folded_norms']} | {r['torch_img_s']:.1f} | "
+              f"{r['onnxruntime_img_s']:.1f} | {r['ratio']:.2f}x | {r['max_abs_diff']:.2g} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
 

@@ -102,7 +102,7 @@ def run_fgir(a, work: Path) -> dict:
            f"model.name={a.model}", f"data.img_size={a.img_size}", f"optim.batch_size={a.batch_size}",
            f"optim.epochs={a.epochs}", f"run.output_dir={out}", "run.name=fgir", "run.progress=false",
            f"run.threads={a.threads}", f"run.device={a.device}",
-           f"run.max_steps_per_epoch={a.max_steps}"]
+           f"run.max_steps_per_epoch={a.max_steps}", *a.fgir_extra.split()]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -293,6 +293,8 @@ def main() -> None:
                     "default: timm's training components (see above)")
     ap.add_argument("--timm-extra", default="", help="extra flags for timm's train.py (with --timm-train-py), "
                     "one string, e.g. '--opt-kwargs fused=True' (torch's fused AdamW, fgir's default)")
+    ap.add_argument("--fgir-extra", default="", help="extra config overrides for fgir train, one string, e.g. "
+                    "'run.channels_last=true optim.fused=false'")
     ap.add_argument("--only", choices=["both", "fgir", "timm"], default="both")
     ap.add_argument("--out", default="bench_out/train_throughput_vs_timm.json")
     a = ap.parse_args()
@@ -309,7 +311,7 @@ def main() -> None:
         limit = {"train": a.max_steps * a.batch_size, "validation": a.batch_size} \
             if a.timm_train_py and a.max_steps else None
         counts = imagefolder_tree(Path(a.root), tree, limit)
-        res = {"model": a.model, "img_size": a.img_size, "timm_extra": a.timm_extra,
+        res = {"model": a.model, "img_size": a.img_size, "timm_extra": a.timm_extra, "fgir_extra": a.fgir_extra,
                "batch_size": a.batch_size, "epochs": a.epochs,
                "threads": a.threads, "timm_workers": a.timm_workers, "max_steps_per_epoch": a.max_steps,
                "images": counts, "env": environment(a.device, "fp32", a.batch_size, a.img_size, a.threads),

@@ -18,7 +18,7 @@ from fgir.engine.build import build_model, build_task
 from fgir.engine.classification import ClassificationTask
 from fgir.engine.distill import TGDAConfig, TGDATask
 from fgir.engine.task import IOSpec
-from fgir.engine.train import build_optimizer, seed_everything, train
+from fgir.engine.train import build_optimizer, match_state_layout, seed_everything, train
 from fgir.models import create_model
 from fgir.models.plugins.cal import CALConfig, apply_cal
 
@@ -108,6 +108,28 @@ def test_fused_and_looped_optimizers_make_the_same_updates(opt):
     # a fraction of one step (lr 2e-3); 3e-5 is 0.5 % of the three steps' reach.
     for k in looped:
         assert_close(fused[k], looped[k], rtol=1e-4, atol=3e-5)
+
+
+def test_resumed_fused_adamw_on_channels_last_weights_makes_the_uninterrupted_update(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    w0, grad = torch.randn(4, 3, 5, 5, generator=g), torch.randn(4, 3, 5, 5, generator=g)
+
+    def param(w):
+        p = nn.Parameter(w.clone().contiguous(memory_format=torch.channels_last))
+        p.grad = grad.clone().contiguous(memory_format=torch.channels_last)
+        return p
+
+    p = param(w0)
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    opt.step()
+    path = ckpt.save_training_state(tmp_path, 1, {"optimizer": opt.state_dict()})  # safetensors: contiguous
+    q = param(p.detach())
+    opt.step()  # the uninterrupted second step
+    resumed = torch.optim.AdamW([q], lr=0.1, fused=True)
+    resumed.load_state_dict(ckpt.load_training_state(path)["optimizer"])
+    match_state_layout(resumed)
+    resumed.step()
+    assert_close(q.detach(), p.detach(), rtol=0, atol=0)
 
 
 def test_frozen_parameters_are_bit_identical_after_training(tiny_root, tmp_path):

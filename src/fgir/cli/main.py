@@ -173,10 +173,11 @@ def cmd_export(a) -> int:
 
     res = export_onnx(a.checkpoint, a.out, img_size=a.img_size, dynamic_batch=a.dynamic_batch, opset=a.opset,
                       atol=a.atol, batch_size=a.batch_size, seed=a.seed, images=a.images or None,
-                      inference=a.inference, exporter=a.exporter, card=not a.no_card,
+                      inference=a.inference, exporter=a.exporter, card=not a.no_card, fold_norms=not a.no_fold,
                       command=command_line(f"fgir export {a.checkpoint} --format {a.format}"))
     print(f"wrote {res.path} ({a.format}, opset {res.opset}, {res.exporter} exporter, variant {res.variant}, "
-          f"{res.img_size} px, {'dynamic' if res.dynamic_batch else 'fixed'} batch)")
+          f"{res.img_size} px, {'dynamic' if res.dynamic_batch else 'fixed'} batch"
+          f"{f', {res.folded_norms} token norms folded' if res.folded_norms else ''})")
     print(f"parity: max |onnx - torch| = {res.max_abs_diff:.3g} <= atol {res.atol:g} on batch "
           f"{'/'.join(str(b) for b in res.batch_sizes)} (onnxruntime CPU vs PyTorch eager)")
     if res.card:
@@ -565,6 +566,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
                    help="torch.onnx exporter: auto = TorchScript-based when available, else dynamo (needs onnxscript)")
     s.add_argument("--no-card", action="store_true", help="do not write the model card (<out stem>.md)")
+    s.add_argument("--no-fold", action="store_true", help="keep eval-mode token BatchNorms (ViTFS) as graph nodes "
+                   "instead of folding them into the Linear that reads them")
     s.add_argument("--json", default="", help="also write the export report to this JSON file")
     s.set_defaults(fn=cmd_export)
 

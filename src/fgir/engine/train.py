@@ -76,6 +76,32 @@ def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: 
     return DecodeLoader(ds, tf, num_workers=d.num_workers, skip_bad=d.skip_bad, **kw)
 
 
+def use_channels_last(cfg: Config, task: torch.nn.Module) -> bool:
+    """``run.channels_last``: true/false as given; auto = a plain CNN (the ``classification`` task,
+    no plug-ins, and at least half of the model's weights in ``Conv2d`` layers)."""
+    mode = str(cfg.run.channels_last).lower()
+    if mode != "auto":
+        return mode == "true"
+    if cfg.task.name != "classification" or cfg.model.plugins:
+        return False
+    params = list(task.model.parameters())
+    conv = sum(m.weight.numel() for m in task.model.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv * 2 >= sum(p.numel() for p in params) > 0
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor its parameter's memory layout.
+
+    ``Optimizer.load_state_dict`` restores state tensors contiguous, while a run that trained
+    with channels-last weights created them channels-last. torch's fused Adam/AdamW kernels
+    (torch 2.14) read a parameter and its state as if they had the same strides, so after such a
+    resume they would silently update the wrong elements; the looped kernels are only slower."""
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def build_optimizer(cfg: Config, task: torch.nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer over every trainable parameter of the Task (the deployed model and any
     trainable part outside it; frozen ones are skipped). Norm weights, biases and the model's
@@ -477,7 +503,8 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_overrid
     class_counts = torch.bincount(train_ds.labels, minlength=num_classes)
     task = build_task(cfg, model, num_classes, class_names=class_names, class_counts=class_counts).to(info.device)
     io = task.input_spec()
-    if cfg.run.channels_last:
+    channels_last = use_channels_last(cfg, task)
+    if channels_last:
         task = task.to(memory_format=torch.channels_last)
     census = {"task": parameter_census(task), "model": parameter_census(task.model)}
     from ..benchmarks.cost import ttp_census
@@ -549,7 +576,7 @@ def train(cfg: Config, resume: str = "", overwrite: bool = False, resume_overrid
             seed_everything(cfg.run.seed * 1000 + epoch * 10 + info.rank)
             train_loader.set_epoch(epoch)
             stats = _train_one_epoch(cfg, ddp, task, train_loader, optimizer, scheduler, scaler, ema, mixup,
-                                     info, epoch, step)
+                                     info, epoch, step, channels_last=channels_last)
             step = stats.pop("step")
             row = {"epoch": epoch, **stats}
             eval_model = ema.module if ema is not None else task.model
@@ -618,7 +645,8 @@ def _predict_fn(task, ema):
     return lambda x: task.predict(x, model=ema.module)
 
 
-def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, mixup, info, epoch, step):
+def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, mixup, info, epoch, step,
+                     channels_last=False):
     ddp.train()
     accum = cfg.optim.accum_steps
     n_img, loss_sum, correct = 0, 0.0, 0.0
@@ -629,7 +657,7 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
-        if cfg.run.channels_last:
+        if channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         if mixup is not None:
             batch["image"], batch["target"] = mixup(batch["image"], batch["target"])
@@ -718,6 +746,7 @@ def _resume(resume: str, task, optimizer, scheduler, scaler, ema, load_scheduler
     full = not meta.get("adapter_only")  # adapter-only: the backbone came from model.checkpoint
     ckpt.load_weights_into(task.model, state["model"], where=str(path), strict=full)
     optimizer.load_state_dict(state["optimizer"])
+    match_state_layout(optimizer)
     if load_scheduler:  # else: the schedule built for the new optim.epochs takes over at this step
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):

@@ -54,6 +54,7 @@ class ExportResult:
     exporter: str
     card: str = ""
     metadata: dict = field(default_factory=dict)
+    folded_norms: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +158,7 @@ def _inputs(meta: dict, size: int, batch: int, seed: int, images, model=None) ->
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, img_size: int = 0,
                 dynamic_batch: bool = False, opset: int = 17, atol: float = 1e-4, batch_size: int = 2,
                 seed: int = 0, images=None, inference: str = "", exporter: str = "auto", card: bool = True,
-                command: str = "") -> ExportResult:
+                command: str = "", fold_norms: bool = True) -> ExportResult:
     """Export the deployed model of ``checkpoint`` to ONNX and check it against PyTorch.
 
     Args:
@@ -176,6 +177,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
         exporter: ``auto`` (TorchScript-based when available, else dynamo), ``torchscript`` or ``dynamo``.
         card: also write a model card (``<out stem>.md``) next to the file.
         command: the command line recorded in the card (default: this process's argv).
+        fold_norms: fold eval-mode token BatchNorms into the Linear that reads them
+            (:mod:`fgir.export.fold`; ViTFS: 24 norms and 48 transposes fewer), kept only when the
+            folded model matches the original within ``atol / 10`` on the parity batch.
 
     Raises:
         ParityError: the difference exceeds ``atol`` (no file is left behind).
@@ -214,14 +218,19 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
                              f"on {size} px inputs: {e}") from e
     notes = export_notes(form.module)  # what the traced graph fixes (e.g. token counts), known after a forward
     variant = f"{form.variant}; {'; '.join(notes)}" if notes else form.variant
+    traced, folded = form.module, 0
+    if fold_norms:
+        from .fold import fold_if_equal
+
+        traced, folded, _ = fold_if_equal(form.module, x, atol / 10)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with torch.no_grad():
-            used = _torch_export(form.module, x, tmp, opset, dynamic_batch, exporter)
+            used = _torch_export(traced, x, tmp, opset, dynamic_batch, exporter)
         cfg = meta["config"]
         export_info = {"format": "onnx", "variant": variant, "opset": opset, "dynamic_batch": dynamic_batch,
                        "img_size": size, "exporter": used, "source": ck.name, "fgir_version": __version__,
-                       "torch_version": torch.__version__}
+                       "torch_version": torch.__version__, "folded_norms": folded}
         onnx_meta = {**meta, "model_img_size": size, "export": export_info}
         props = {"fgir_version": __version__, "architecture": cfg["model"]["name"],
                  "plugins": json.dumps([p.get("name") for p in cfg["model"].get("plugins", [])]),
@@ -254,7 +263,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
     finally:
         tmp.unlink(missing_ok=True)
     res = ExportResult(str(path), variant, diff, atol, [int(b.shape[0]) for b in batches], size, opset,
-                       dynamic_batch, used, metadata={k: v for k, v in props.items() if k != META_KEY})
+                       dynamic_batch, used, metadata={k: v for k, v in props.items() if k != META_KEY},
+                       folded_norms=folded)
     if card:
         from .card import write_model_card
 
