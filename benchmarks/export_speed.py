@@ -3,13 +3,15 @@
     python benchmarks/export_speed.py [--threads 2] [--batch-size 32] [--iters 10] [--out FILE.json]
 
 For lrnet14 at 128 px and ViTFS-T (``vitfs_tiny``) at 224 px (random weights, 200 classes, eval
-mode): export with the path ``fgir export`` uses (TorchScript-based exporter, opset 17, fixed
-batch, eval-mode token BatchNorms folded into the Linear after them unless ``--no-fold``; see
-``fgir.export.fold``), check parity on the benchmark batch, then time PyTorch eager (``torch.no_grad``) and
-onnxruntime (CPUExecutionProvider, all graph optimisations) on the same batch with the same
-thread count: ``--warmup`` untimed batches each, then ``--iters`` timed batches alternating
-between the two backends (so a change in machine load hits both alike). Reports the median
-batch time as images/s and the ratio onnxruntime / PyTorch. One run; no GPU.
+mode): export with the path ``fgir export`` uses (TorchScript-based exporter, opset 17, fixed batch,
+eval-mode token BatchNorms folded into the Linear after them unless ``--no-fold``; see
+``fgir.export.fold``; ViTFS-T a second time with ``--ort-attention``, onnxruntime's fused
+MultiHeadAttention, see ``fgir.export.ort_attention``), check parity on the benchmark batch, then
+time PyTorch eager (``torch.no_grad``) and onnxruntime (CPUExecutionProvider, all graph
+optimisations) on the same batch with the same thread count: ``--warmup`` untimed batches each, then
+``--iters`` timed batches alternating between the two backends (so a change in machine load hits
+both alike). Reports the median batch time as images/s and the ratio onnxruntime / PyTorch. One run;
+no GPU.
 """
 
 from __future__ import annotations
@@ -27,19 +29,24 @@ import torch
 from fgir.benchmarks.speed import environment
 from fgir.export.fold import fold_if_equal
 from fgir.export.onnx import export_module, onnx_session
+from fgir.export.ort_attention import ORT_OPSETS, with_ort_attention
 from fgir.models.factory import create_model
 
-MODELS = (("lrnet14", 128), ("vitfs_tiny", 224))
+MODELS = (("lrnet14", 128, False), ("vitfs_tiny", 224, False), ("vitfs_tiny", 224, True))
+"""(model, px, --ort-attention): ViTFS-T as a standard ONNX graph and with onnxruntime's fused attention."""
 
 
 def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: int, tmp: Path,
-          fold: bool = True) -> dict:
+          fold: bool = True, ort_attention: bool = False) -> dict:
     torch.manual_seed(0)
     model = create_model(name, num_classes=200).eval()
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    path = tmp / f"{name}_{size}.onnx"
+    path = tmp / f"{name}_{size}_{int(ort_attention)}.onnx"
     traced, folded, _ = fold_if_equal(model, x, 1e-5) if fold else (model, 0, 0.0)
-    export_module(traced, x, path)
+    fused = 0
+    if ort_attention:
+        traced, fused = with_ort_attention(traced)
+    export_module(traced, x, path, custom_opsets=ORT_OPSETS if fused else None)
     sess = onnx_session(path, threads=threads)
     feed = {"image": x.numpy()}
     with torch.no_grad():
@@ -63,7 +70,7 @@ def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: in
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": name, "img_size": size, "batch_size": batch, "threads": threads, "max_abs_diff": diff,
-            "folded_norms": folded,
+            "folded_norms": folded, "ort_attention": fused,
             "torch_img_s": round(batch / med["torch"], 2), "onnxruntime_img_s": round(batch / med["onnxruntime"], 2),
             "ratio": round(med["torch"] / med["onnxruntime"], 3),
             "torch_batch_s": [round(t, 4) for t in times["torch"]],
@@ -82,17 +89,19 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [bench(n, s, a.batch_size, a.threads, a.warmup, a.iters, Path(tmp), not a.no_fold) for n, s in MODELS]
+        rows = [bench(n, s, a.batch_size, a.threads, a.warmup, a.iters, Path(tmp), not a.no_fold, o)
+                for n, s, o in MODELS]
     import onnxruntime
 
     env = environment("cpu", batch_size=a.batch_size)
     print(f"# torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {a.threads} threads, "
           f"batch {a.batch_size}, median of {a.iters} after {a.warmup} warm-up; {env['device_name']}")
-    print("| model | px | norms folded | PyTorch eager img/s | onnxruntime img/s | ratio | max abs diff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | px | norms folded | fused attention | PyTorch eager img/s | onnxruntime img/s | ratio | "
+          "max abs diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['img_size']} | {r['folded_norms']} | {r['torch_img_s']:.1f} | "
-              f"{r['onnxruntime_img_s']:.1f} | {r['ratio']:.2f}x | {r['max_abs_diff']:.2g} |")
+        print(f"| {r['model']} | {r['img_size']} | {r['folded_norms']} | {r['ort_attention']} | "
+              f"{r['torch_img_s']:.1f} | {r['onnxruntime_img_s']:.1f} | {r['ratio']:.2f}x | {r['max_abs_diff']:.2g} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
 

@@ -18,7 +18,7 @@ from fgir.engine.build import build_model, build_task
 from fgir.engine.classification import ClassificationTask
 from fgir.engine.distill import TGDAConfig, TGDATask
 from fgir.engine.task import IOSpec
-from fgir.engine.train import build_optimizer, match_state_layout, seed_everything, train
+from fgir.engine.train import build_optimizer, match_state_layout, seed_everything, train, use_channels_last
 from fgir.models import create_model
 from fgir.models.plugins.cal import CALConfig, apply_cal
 
@@ -108,6 +108,30 @@ def test_fused_and_looped_optimizers_make_the_same_updates(opt):
     # a fraction of one step (lr 2e-3); 3e-5 is 0.5 % of the three steps' reach.
     for k in looped:
         assert_close(fused[k], looped[k], rtol=1e-4, atol=3e-5)
+
+
+@pytest.mark.parametrize("name,plugins,mode,expected", [
+    ("test_resnet", "[]", "auto", True),                       # a plain CNN
+    ("test_resnet", "[{name: cal, num_maps: 2}]", "auto", False),  # a plug-in: left as it is
+    ("test_vit", "[]", "auto", False),                         # mostly Linear weights
+    ("test_resnet", "[]", "false", False),
+    ("test_vit", "[]", "true", True),
+])
+def test_channels_last_auto_picks_plain_cnns(name, plugins, mode, expected):
+    cfg = load_config(overrides=[f"model.name={name}", f"model.plugins={plugins}", f"run.channels_last={mode}"])
+    task = ClassificationTask(build_model(cfg, 3))
+    assert use_channels_last(cfg, task) is expected
+
+
+def test_channels_last_accepts_yaml_booleans(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("run:\n  channels_last: true\n")
+    assert load_config([str(f)]).run.channels_last == "true"
+
+
+def test_channels_last_rejects_other_values(tmp_path):
+    with pytest.raises(ConfigError, match="run.channels_last"):
+        load_config(overrides=["run.channels_last=sometimes"])
 
 
 def test_resumed_fused_adamw_on_channels_last_weights_makes_the_uninterrupted_update(tmp_path):

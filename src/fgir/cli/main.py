@@ -174,10 +174,12 @@ def cmd_export(a) -> int:
     res = export_onnx(a.checkpoint, a.out, img_size=a.img_size, dynamic_batch=a.dynamic_batch, opset=a.opset,
                       atol=a.atol, batch_size=a.batch_size, seed=a.seed, images=a.images or None,
                       inference=a.inference, exporter=a.exporter, card=not a.no_card, fold_norms=not a.no_fold,
+                      ort_attention=a.ort_attention,
                       command=command_line(f"fgir export {a.checkpoint} --format {a.format}"))
     print(f"wrote {res.path} ({a.format}, opset {res.opset}, {res.exporter} exporter, variant {res.variant}, "
           f"{res.img_size} px, {'dynamic' if res.dynamic_batch else 'fixed'} batch"
-          f"{f', {res.folded_norms} token norms folded' if res.folded_norms else ''})")
+          f"{f', {res.folded_norms} token norms folded' if res.folded_norms else ''}"
+          f"{f', {res.ort_attention} attentions as onnxruntime MultiHeadAttention' if res.ort_attention else ''})")
     print(f"parity: max |onnx - torch| = {res.max_abs_diff:.3g} <= atol {res.atol:g} on batch "
           f"{'/'.join(str(b) for b in res.batch_sizes)} (onnxruntime CPU vs PyTorch eager)")
     if res.card:
@@ -568,6 +570,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--no-card", action="store_true", help="do not write the model card (<out stem>.md)")
     s.add_argument("--no-fold", action="store_true", help="keep eval-mode token BatchNorms (ViTFS) as graph nodes "
                    "instead of folding them into the Linear that reads them")
+    s.add_argument("--ort-attention", action="store_true", help="write timm self-attention as onnxruntime's fused "
+                   "MultiHeadAttention operator: faster on onnxruntime, but the file runs on onnxruntime only")
     s.add_argument("--json", default="", help="also write the export report to this JSON file")
     s.set_defaults(fn=cmd_export)
 

@@ -55,6 +55,7 @@ class ExportResult:
     card: str = ""
     metadata: dict = field(default_factory=dict)
     folded_norms: int = 0
+    ort_attention: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,17 +104,24 @@ def read_onnx_meta(path: str | os.PathLike) -> dict:
 
 
 def export_module(module: torch.nn.Module, x: torch.Tensor, path: str | os.PathLike, *, opset: int = 17,
-                  dynamic_batch: bool = False, exporter: str = "auto") -> str:
+                  dynamic_batch: bool = False, exporter: str = "auto", custom_opsets: dict | None = None) -> str:
     """Trace ``module`` (eval mode) on ``x`` into ``path`` (input ``image``, output ``logits``);
-    returns the exporter used. No metadata, no parity check: see :func:`export_onnx`."""
+    returns the exporter used. No metadata, no parity check: see :func:`export_onnx`.
+    ``custom_opsets``: opset imports of contrib domains (e.g. onnxruntime's, TorchScript exporter only)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r}; expected one of {list(EXPORTERS)}.")
     with torch.no_grad():
-        return _torch_export(module.eval(), x, Path(path), opset, dynamic_batch, exporter)
+        return _torch_export(module.eval(), x, Path(path), opset, dynamic_batch, exporter, custom_opsets)
 
 
-def _torch_export(module, x, path: Path, opset: int, dynamic_batch: bool, exporter: str) -> str:
+def _torch_export(module, x, path: Path, opset: int, dynamic_batch: bool, exporter: str,
+                  custom_opsets: dict | None = None) -> str:
     kw = dict(input_names=["image"], output_names=["logits"], opset_version=opset)
+    if custom_opsets:
+        if exporter == "dynamo":
+            raise ValueError("onnxruntime's fused attention (--ort-attention) needs the TorchScript-based exporter "
+                             "(--exporter auto or torchscript), not dynamo.")
+        kw["custom_opsets"] = custom_opsets
     if exporter in ("auto", "torchscript"):
         try:
             with warnings.catch_warnings():
@@ -158,7 +166,7 @@ def _inputs(meta: dict, size: int, batch: int, seed: int, images, model=None) ->
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, img_size: int = 0,
                 dynamic_batch: bool = False, opset: int = 17, atol: float = 1e-4, batch_size: int = 2,
                 seed: int = 0, images=None, inference: str = "", exporter: str = "auto", card: bool = True,
-                command: str = "", fold_norms: bool = True) -> ExportResult:
+                command: str = "", fold_norms: bool = True, ort_attention: bool = False) -> ExportResult:
     """Export the deployed model of ``checkpoint`` to ONNX and check it against PyTorch.
 
     Args:
@@ -180,6 +188,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
         fold_norms: fold eval-mode token BatchNorms into the Linear that reads them
             (:mod:`fgir.export.fold`; ViTFS: 24 norms and 48 transposes fewer), kept only when the
             folded model matches the original within ``atol / 10`` on the parity batch.
+        ort_attention: write timm's self-attention as onnxruntime's fused ``MultiHeadAttention``
+            operator (:mod:`fgir.export.ort_attention`): faster on onnxruntime, but the file then
+            runs on onnxruntime only.
 
     Raises:
         ParityError: the difference exceeds ``atol`` (no file is left behind).
@@ -223,14 +234,21 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
         from .fold import fold_if_equal
 
         traced, folded, _ = fold_if_equal(form.module, x, atol / 10)
+    fused_attn, opsets = 0, None
+    if ort_attention:
+        from .ort_attention import ORT_OPSETS, with_ort_attention
+
+        traced, fused_attn = with_ort_attention(traced)
+        opsets = ORT_OPSETS if fused_attn else None
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with torch.no_grad():
-            used = _torch_export(traced, x, tmp, opset, dynamic_batch, exporter)
+            used = _torch_export(traced, x, tmp, opset, dynamic_batch, exporter, opsets)
         cfg = meta["config"]
         export_info = {"format": "onnx", "variant": variant, "opset": opset, "dynamic_batch": dynamic_batch,
                        "img_size": size, "exporter": used, "source": ck.name, "fgir_version": __version__,
-                       "torch_version": torch.__version__, "folded_norms": folded}
+                       "torch_version": torch.__version__, "folded_norms": folded,
+                       "ort_attention": fused_attn}
         onnx_meta = {**meta, "model_img_size": size, "export": export_info}
         props = {"fgir_version": __version__, "architecture": cfg["model"]["name"],
                  "plugins": json.dumps([p.get("name") for p in cfg["model"].get("plugins", [])]),
@@ -264,7 +282,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
         tmp.unlink(missing_ok=True)
     res = ExportResult(str(path), variant, diff, atol, [int(b.shape[0]) for b in batches], size, opset,
                        dynamic_batch, used, metadata={k: v for k, v in props.items() if k != META_KEY},
-                       folded_norms=folded)
+                       folded_norms=folded, ort_attention=fused_attn)
     if card:
         from .card import write_model_card
 
