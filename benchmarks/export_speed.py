@@ -6,7 +6,7 @@ For lrnet14 at 128 px and ViTFS-T (``vitfs_tiny``) at 224 px (random weights, 20
 mode): export with the path ``fgir export`` uses (TorchScript-based exporter, opset 17, fixed batch,
 eval-mode token BatchNorms folded into the Linear after them unless ``--no-fold``; see
 ``fgir.export.fold``; ViTFS-T a second time with ``--ort-attention``, onnxruntime's fused
-MultiHeadAttention, see ``fgir.export.ort_attention``), check parity on the benchmark batch, then
+Attention operator, see ``fgir.export.ort_attention``), check parity on the benchmark batch, then
 time PyTorch eager (``torch.no_grad``) and onnxruntime (CPUExecutionProvider, all graph
 optimisations) on the same batch with the same thread count: ``--warmup`` untimed batches each, then
 ``--iters`` timed batches alternating between the two backends (so a change in machine load hits

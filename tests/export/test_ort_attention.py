@@ -1,4 +1,4 @@
-"""timm self-attention exported as onnxruntime's fused MultiHeadAttention (fgir export --ort-attention)."""
+"""timm self-attention exported as onnxruntime's fused Attention operator (fgir export --ort-attention)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_export_writes_one_fused_node_per_block_and_keeps_parity(vitfs_ckpt, tmp
     res = export_onnx(vitfs_ckpt, tmp_path / "m.onnx", card=False, ort_attention=True)
     ops = Counter(n.op_type for n in onnx.load(res.path).graph.node)
     depth = len(create_model("vitfs_nano", num_classes=3).blocks)
-    assert res.ort_attention == depth and ops["MultiHeadAttention"] == depth and ops["Softmax"] == 0
+    assert res.ort_attention == depth and ops["Attention"] == depth and ops["Softmax"] == 0
     assert res.max_abs_diff <= res.atol
 
 

@@ -179,7 +179,7 @@ def cmd_export(a) -> int:
     print(f"wrote {res.path} ({a.format}, opset {res.opset}, {res.exporter} exporter, variant {res.variant}, "
           f"{res.img_size} px, {'dynamic' if res.dynamic_batch else 'fixed'} batch"
           f"{f', {res.folded_norms} token norms folded' if res.folded_norms else ''}"
-          f"{f', {res.ort_attention} attentions as onnxruntime MultiHeadAttention' if res.ort_attention else ''})")
+          f"{f', {res.ort_attention} attentions as onnxruntime Attention' if res.ort_attention else ''})")
     print(f"parity: max |onnx - torch| = {res.max_abs_diff:.3g} <= atol {res.atol:g} on batch "
           f"{'/'.join(str(b) for b in res.batch_sizes)} (onnxruntime CPU vs PyTorch eager)")
     if res.card:
@@ -571,7 +571,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--no-fold", action="store_true", help="keep eval-mode token BatchNorms (ViTFS) as graph nodes "
                    "instead of folding them into the Linear that reads them")
     s.add_argument("--ort-attention", action="store_true", help="write timm self-attention as onnxruntime's fused "
-                   "MultiHeadAttention operator: faster on onnxruntime, but the file runs on onnxruntime only")
+                   "Attention operator (qkv projection and attention in one node): faster on onnxruntime, "
+                   "but the file runs on onnxruntime only")
     s.add_argument("--json", default="", help="also write the export report to this JSON file")
     s.set_defaults(fn=cmd_export)
 

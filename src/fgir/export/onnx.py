@@ -188,7 +188,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
         fold_norms: fold eval-mode token BatchNorms into the Linear that reads them
             (:mod:`fgir.export.fold`; ViTFS: 24 norms and 48 transposes fewer), kept only when the
             folded model matches the original within ``atol / 10`` on the parity batch.
-        ort_attention: write timm's self-attention as onnxruntime's fused ``MultiHeadAttention``
+        ort_attention: write timm's self-attention as onnxruntime's fused ``Attention``
             operator (:mod:`fgir.export.ort_attention`): faster on onnxruntime, but the file then
             runs on onnxruntime only.
 
