@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fgir.config import load_config
-from fgir.data.transforms import stored_size
+from fgir.data.transforms import eval_resize_ratio, stored_size
 from fgir.engine.train import build_scheduler
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "animesion"
@@ -87,3 +87,43 @@ def test_ifa_run_with_the_recipe_schedule_and_jitter_then_transfer_to_new_classe
     dst = build_model(new, 5)
     assert dst.head.fc.out_features == 5
     torch.testing.assert_close(dst.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight, rtol=0, atol=0)
+
+
+def test_daf_recipe_evaluates_on_a_straight_resize():
+    d = load_config([str(RECIPES / "daf_vit_b16_128.yaml")]).data
+    assert stored_size(d.img_size, eval_resize_ratio(d)) == 128
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({"resize_ratio": 1.25}, 1.25),                              # configs written before the key existed
+    ({"resize_ratio": 1.25, "eval_resize_ratio": 0.0}, 1.25),
+    ({"resize_ratio": 1.25, "eval_resize_ratio": 1.0}, 1.0),
+])
+def test_eval_resize_ratio_falls_back_to_the_training_resize(data, expected):
+    assert eval_resize_ratio(data) == expected
+
+
+def test_eval_loader_and_predictor_use_the_eval_resize(tiny_root, tmp_path):
+    from conftest import tiny_cfg
+
+    from fgir.data.datasets import ManifestDataset
+    from fgir.engine.distributed import DistInfo
+    from fgir.engine.train import make_loader
+    from fgir.serve.predict import Predictor
+
+    cfg = tiny_cfg(tiny_root, tmp_path, "data.resize_ratio=1.5", "data.eval_resize_ratio=1.0")
+    ds = ManifestDataset.from_config(cfg.data, cfg.data.val_split)
+    info = DistInfo()
+    train_array = make_loader(cfg, ds, True, (0.5,) * 3, (0.5,) * 3, info).array
+    eval_array = make_loader(cfg, ds, False, (0.5,) * 3, (0.5,) * 3, info).array
+    assert train_array.shape[1] == int(1.5 * cfg.data.img_size) and eval_array.shape[1] == cfg.data.img_size
+    meta = {"class_names": ["a"], "img_size": cfg.data.img_size, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "config": {"model": {}, "data": {"resize_ratio": 1.5, "eval_resize_ratio": 1.0}}}
+    assert Predictor(torch.nn.Identity(), meta).stored == cfg.data.img_size
+
+
+def test_eval_resize_ratio_below_one_is_a_config_error():
+    from fgir.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.eval_resize_ratio"):
+        load_config(overrides=["data.eval_resize_ratio=0.5"])

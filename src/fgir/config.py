@@ -96,6 +96,8 @@ class DataConfig:
     """Input resolution S fed to the model."""
     resize_ratio: float = 1.34
     """Square resize to int(ratio*S) before the crop (1.34 = reference engine; 1/0.875 for CLCA; 1.0 = resize directly)."""
+    eval_resize_ratio: float = 0.0
+    """Square resize before evaluation's centre crop, as a multiple of img_size; 0 = data.resize_ratio, 1.0 = resize straight to img_size (no crop; Animesion's eval)."""
     train_crop: str = "random"
     """random (resize then RandomCrop S) or rrc (RandomResizedCrop, scale 0.08-1)."""
     hflip: bool = True
@@ -226,6 +228,9 @@ class Config:
 
     def validate(self) -> Config:
         _check_choice("run.selection", self.run.selection, ["last", "best_val"])
+        if self.data.eval_resize_ratio and not 1.0 <= self.data.eval_resize_ratio <= 4.0:
+            raise ConfigError(f"data.eval_resize_ratio must be 0 (= data.resize_ratio) or in [1, 4], got "
+                              f"{self.data.eval_resize_ratio}.")
         self.run.channels_last = str(self.run.channels_last).lower()  # a YAML bool arrives as 'True'/'False'
         _check_choice("run.channels_last", self.run.channels_last, ["auto", "true", "false"])
         name = self.run.name
@@ -305,6 +310,7 @@ FIELD_RULES: dict[str, tuple] = {
     "data.test_split": ("pattern", r"[A-Za-z0-9_\-]*", "a split name or empty"),
     "data.img_size": ("range", 1, 8192, True, True),
     "data.resize_ratio": ("range", 1.0, 4.0, True, True),
+    "data.eval_resize_ratio": ("checked", "0 (= data.resize_ratio) or a number in [1, 4] (Config.validate)"),
     "data.train_crop": ("choice", ["random", "rrc"]),
     "data.auto_augment": ("pattern", r"|trivial|ta|trivialaugment|augmix|rand(-(m\d+|n\d+|mstd[\d.]+|inc[01]))*",
                           "'', 'trivial', 'augmix' or timm-style 'rand-m9-n2'"),

@@ -30,6 +30,13 @@ def stored_size(img_size: int, resize_ratio: float) -> int:
     return max(img_size, int(resize_ratio * img_size))
 
 
+def eval_resize_ratio(data: dict | object) -> float:
+    """The resize ratio evaluation and prediction use: ``data.eval_resize_ratio``, or
+    ``data.resize_ratio`` when that is 0 or absent (configs written before it existed)."""
+    get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
+    return float(get("eval_resize_ratio", 0.0) or get("resize_ratio"))
+
+
 def load_resized(img: Image.Image, size: int) -> np.ndarray:
     """PIL image -> square-resized (bicubic, antialiased) uint8 HxWx3 array."""
     img = img.convert("RGB")

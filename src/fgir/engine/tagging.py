@@ -230,7 +230,7 @@ def evaluate_tags(model: nn.Module, cfg: Config | None = None, split: str = "tes
     from ..config import config_from_dict
     from ..data.datasets import ManifestDataset
     from ..data.loader import DecodeLoader
-    from ..data.transforms import BatchTransform, stored_size
+    from ..data.transforms import BatchTransform, eval_resize_ratio, stored_size
     from .build import normalization
 
     if cfg is None:
@@ -246,7 +246,7 @@ def evaluate_tags(model: nn.Module, cfg: Config | None = None, split: str = "tes
     mean, std = normalization(cfg, model)
     s = cfg.data.img_size
     loader = DecodeLoader(ds, BatchTransform(s, mean, std, train=False), batch_size=batch_size,
-                          stored=stored_size(s, cfg.data.resize_ratio), shuffle=False, drop_last=False,
+                          stored=stored_size(s, eval_resize_ratio(cfg.data)), shuffle=False, drop_last=False,
                           seed=cfg.run.seed, num_workers=cfg.data.num_workers)
     was = model.training
     model.eval()

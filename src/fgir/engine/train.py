@@ -29,7 +29,7 @@ from ..benchmarks.flops import count_macs
 from ..config import Config, ConfigError, save_config
 from ..data.datasets import ManifestDataset
 from ..data.loader import ArrayLoader, DecodeLoader
-from ..data.transforms import BatchTransform, stored_size
+from ..data.transforms import BatchTransform, eval_resize_ratio, stored_size
 from ..models.trainable import format_census, parameter_census
 from . import checkpoint as ckpt
 from .build import build_model, build_task, normalization  # noqa: F401  (normalization: public re-export)
@@ -68,7 +68,8 @@ def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: 
                         auto_augment=d.auto_augment, aug_group=d.aug_group, random_erasing=d.random_erasing,
                         color_jitter=tuple(d.color_jitter))
     kw = dict(batch_size=cfg.optim.batch_size if train else max(cfg.optim.batch_size, 64),
-              stored=stored_size(s, d.resize_ratio), shuffle=train, drop_last=train, seed=cfg.run.seed,
+              stored=stored_size(s, d.resize_ratio if train else eval_resize_ratio(d)), shuffle=train, drop_last=train,
+              seed=cfg.run.seed,
               rank=info.rank, world=info.world, sampler=d.sampler if train else "uniform",
               max_steps=cfg.run.max_steps_per_epoch if train else 0)
     if d.cache:

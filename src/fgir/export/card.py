@@ -53,6 +53,7 @@ def card_info(checkpoint: str | os.PathLike, *, model: nn.Module | None = None, 
     """
     from ..benchmarks.flops import count_macs as _macs
     from ..benchmarks.flops import count_params
+    from ..data.transforms import eval_resize_ratio
     from ..engine.checkpoint import load_model, read_meta, resolve_checkpoint
 
     ck = resolve_checkpoint(checkpoint)
@@ -89,7 +90,7 @@ def card_info(checkpoint: str | os.PathLike, *, model: nn.Module | None = None, 
         "splits": {"train": d.get("train_split", ""), "val": d.get("val_split", ""), "test": tp if final else ""},
         "selection": (cfg.get("run") or {}).get("selection", "last"), "epoch": meta.get("epoch"),
         "metrics": {"val": val, "test": test}, "params": count_params(model), "macs": macs,
-        "img_size": int(meta["img_size"]), "model_img_size": model_size, "resize_ratio": d.get("resize_ratio"),
+        "img_size": int(meta["img_size"]), "model_img_size": model_size, "resize_ratio": eval_resize_ratio(d),
         "mean": list(meta["mean"]), "std": list(meta["std"]), "num_classes": meta["num_classes"],
         "class_names": list(meta["class_names"]), "command": command or command_line(fallback),
         "train_command": fallback, "export": export or {}, "seed": (cfg.get("run") or {}).get("seed"),

@@ -43,7 +43,7 @@ def is_hub_name(name: str) -> bool:
 def hub_config(meta: dict, model: nn.Module) -> dict:
     """``config.json`` for a checkpoint's metadata and its rebuilt deployed model."""
     from .. import __version__
-    from ..data.transforms import stored_size
+    from ..data.transforms import eval_resize_ratio, stored_size
     from ..engine.build import _fixed_input_size
 
     cfg = meta["config"]
@@ -55,7 +55,7 @@ def hub_config(meta: dict, model: nn.Module) -> dict:
     pc = dict(getattr(model, "pretrained_cfg", None) or {})
     pretrained_cfg = {
         "input_size": [3, size, size], "mean": list(meta["mean"]), "std": list(meta["std"]),
-        "crop_pct": round(meta["img_size"] / stored_size(meta["img_size"], cfg["data"]["resize_ratio"]), 4),
+        "crop_pct": round(meta["img_size"] / stored_size(meta["img_size"], eval_resize_ratio(cfg["data"])), 4),
         "crop_mode": "center", "interpolation": "bicubic", "num_classes": meta["num_classes"],
         "fixed_input_size": bool(pc.get("fixed_input_size", False)),
     }

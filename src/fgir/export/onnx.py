@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.transforms import eval_resize_ratio
 from .forms import export_form, export_notes
 
 __all__ = ["ExportResult", "ParityError", "export_onnx", "export_module", "read_onnx_meta", "onnx_session",
@@ -255,7 +256,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike = "", *, i
                  "variant": variant, "class_names": json.dumps(meta["class_names"]),
                  "num_classes": str(meta["num_classes"]), "mean": json.dumps(meta["mean"]),
                  "std": json.dumps(meta["std"]), "img_size": str(size), "input_layout": "NCHW float32 normalised",
-                 "resize_ratio": str(cfg["data"]["resize_ratio"]), META_KEY: json.dumps(onnx_meta)}
+                 "resize_ratio": str(eval_resize_ratio(cfg["data"])), META_KEY: json.dumps(onnx_meta)}
         _set_metadata(tmp, props)
         sess = onnx_session(tmp)
         batches = [x] + ([_inputs(meta, size, batch_size + 1, seed + 1, None)] if dynamic_batch else [])

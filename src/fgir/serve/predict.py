@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..data.datasets import ImageReadError, read_image
-from ..data.transforms import center_crop, load_resized, normalize, stored_size, to_model_size
+from ..data.transforms import center_crop, eval_resize_ratio, load_resized, normalize, stored_size, to_model_size
 from ..engine.checkpoint import load_model
 from ..utils import atomic_path
 
@@ -134,7 +134,7 @@ class Predictor:
             self.model, self.inference, self._forward = model, variant, model
         self.class_names = meta["class_names"]
         self.img_size = int(meta["img_size"])
-        ratio = meta["config"]["data"]["resize_ratio"]
+        ratio = eval_resize_ratio(meta["config"]["data"])
         self.stored = stored_size(self.img_size, ratio)
         self.mean, self.std = meta["mean"], meta["std"]
         self.model_img_size = int(meta.get("model_img_size") or self.img_size)
