@@ -67,9 +67,9 @@ def make_loader(cfg: Config, ds: ManifestDataset, train: bool, mean, std, info: 
     tf = BatchTransform(s, mean, std, train=train, crop=d.train_crop, hflip=d.hflip,
                         auto_augment=d.auto_augment, aug_group=d.aug_group, random_erasing=d.random_erasing,
                         color_jitter=tuple(d.color_jitter))
+    ratio = d.resize_ratio if train else eval_resize_ratio(d)  # evaluation may resize differently (Animesion)
     kw = dict(batch_size=cfg.optim.batch_size if train else max(cfg.optim.batch_size, 64),
-              stored=stored_size(s, d.resize_ratio if train else eval_resize_ratio(d)), shuffle=train, drop_last=train,
-              seed=cfg.run.seed,
+              stored=stored_size(s, ratio), shuffle=train, drop_last=train, seed=cfg.run.seed,
               rank=info.rank, world=info.world, sampler=d.sampler if train else "uniform",
               max_steps=cfg.run.max_steps_per_epoch if train else 0)
     if d.cache:
