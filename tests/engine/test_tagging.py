@@ -137,6 +137,18 @@ def test_vilt_tags_change_the_class_logits():
     assert not torch.allclose(a, b)
 
 
+@pytest.mark.parametrize("pad_mask", [True, False])
+def test_pad_mask_hides_pad_tokens_from_attention(pad_mask):
+    torch.manual_seed(0)
+    m = _tiny_vilt(pad_mask=pad_mask, dropout=0.0)
+    x, ids = torch.rand(1, 3, 32, 32), torch.tensor([[CLS, 7, SEP] + [PAD] * 13])
+    with torch.no_grad():
+        before = m(x, ids)
+        m.text_embed.position.weight[3:].normal_()  # only the [PAD] positions change
+        after = m(x, ids)
+    assert torch.equal(before, after) == pad_mask
+
+
 def test_task_follows_the_loop_progress():
     from fgir.engine.tagging import TaggingConfig, TaggingTask
 

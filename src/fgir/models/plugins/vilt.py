@@ -13,8 +13,9 @@ Linear(D -> V, no bias) whose weight *is* the word-embedding weight, plus a bias
 
 ``model(images)`` (evaluation, predict, export) feeds the inference query ([CLS], L_t - 2 query
 ids, [SEP]); ``model(images, text_ids)`` and ``model.forward_tagging(images, text_ids)`` take tag
-ids. NOTE: no attention mask hides [PAD] tokens (the reference's masking is not documented), and
-the plug-in does not compose with the token path (``ifa``, ``clca``, ``token_reduction``).
+ids. ``pad_mask: true`` hides [PAD] tag tokens from every query in attention (ViLT's text mask; the
+Animesion reference's masking is not documented, so the default leaves them visible). The
+plug-in does not compose with the token path (``ifa``, ``clca``, ``token_reduction``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class ViLTConfig(PluginConfig):
     """Token-type embeddings (BERT: 2)."""
     dropout: float = 0.1
     """Dropout after the text embedding LayerNorm."""
+    pad_mask: bool = False
+    """Hide [PAD] tag tokens from attention (ViLT's text mask); false = the reference's unmasked attention."""
 
     def validate(self, cfg: Config, key: str) -> None:
         check_choice(f"{key}.query", self.query, ["constant", "random"])
@@ -121,8 +124,14 @@ def _forward_features(self: nn.Module, x: torch.Tensor, text_ids: torch.Tensor |
     if text_ids is None:
         text_ids = tag_query(x.shape[0], spec["max_len"], spec["vocab_size"], spec["query"], device=x.device)
     z = torch.cat([img, self.text_embed(text_ids)], dim=1)
+    mask = None
+    if spec.get("pad_mask"):  # B x 1 x 1 x (N + L_t), True = may be attended; [PAD] is tag id 0
+        from ...data.tags import PAD
+
+        visible = torch.cat([torch.ones_like(text_ids[:, :1]).expand(-1, img.shape[1]), text_ids != PAD], 1)
+        mask = visible.bool()[:, None, None, :]
     for blk in self.blocks:
-        z = blk(z)
+        z = blk(z) if mask is None else blk(z, attn_mask=mask)
     return self.norm(z)
 
 
@@ -155,7 +164,7 @@ def apply_vilt(model: nn.Module, cfg: ViLTConfig) -> nn.Module:
     dim = model.embed_dim
     model.text_embed = TextEmbeddings(v, dim, cfg.max_len, cfg.type_vocab, cfg.dropout)
     model.mlm_head = MLMHead(dim, model.text_embed.word) if cfg.mlm else None
-    model.fgir_vilt = {"max_len": int(cfg.max_len), "vocab_size": v, "query": cfg.query}
+    model.fgir_vilt = {"max_len": int(cfg.max_len), "vocab_size": v, "query": cfg.query, "pad_mask": bool(cfg.pad_mask)}
     model.forward_features = types.MethodType(_forward_features, model)
     model.forward_head = types.MethodType(_forward_head, model)
     model.forward = types.MethodType(_forward, model)
