@@ -176,14 +176,14 @@ def test_tag_metrics_values():
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_tagging_run_trains_and_reports_tag_metrics(tiny_root, tmp_path):
+@pytest.fixture(scope="module")
+def tag_run(tiny_root, tmp_path_factory) -> dict:
     from conftest import tiny_cfg
 
     from fgir.data.datasets import ManifestDataset
-    from fgir.engine.checkpoint import load_model
-    from fgir.engine.tagging import evaluate_tags
     from fgir.engine.train import train
 
+    tmp_path = tmp_path_factory.mktemp("tagrun")
     tags = {}
     for split in ("train", "val", "test"):
         for r in ManifestDataset("tiny", split, str(tiny_root)).rows:
@@ -194,8 +194,51 @@ def test_tagging_run_trains_and_reports_tag_metrics(tiny_root, tmp_path):
                    f"model.plugins=[{{name: vilt, vocab: '{vocab}'}}]", "task.name=tagging",
                    f"task.tags={tmp_path / 'tags.json'}", "task.schedule=full", "optim.epochs=2", "optim.lr=1e-3",
                    "optim.opt=adamw", "data.test_split=")
-    out = train(cfg)
-    assert "loss_mlm" in (Path(out["run_dir"]) / "metrics.csv").read_text()
-    res = evaluate_tags(load_model(out["run_dir"]), split="test")  # the run's config and task.tags
+    return train(cfg)
+
+
+def test_tagging_run_trains_and_reports_tag_metrics(tag_run):
+    from fgir.engine.checkpoint import load_model
+    from fgir.engine.tagging import evaluate_tags
+
+    assert "loss_mlm" in (Path(tag_run["run_dir"]) / "metrics.csv").read_text()
+    res = evaluate_tags(load_model(tag_run["run_dir"]), split="test")  # the run's config and task.tags
     assert res["images"] == 9 and 0.0 <= res["micro_f1"] <= 1.0
     assert res["micro_recall"] <= 2 / 3 + 1e-9  # "rare" is outside the vocabulary: never predicted
+
+
+def test_cli_tags_evaluates_a_split(tag_run, tmp_path, capsys):
+    import json
+
+    from fgir.cli.main import main
+    from fgir.engine.checkpoint import load_model
+    from fgir.engine.tagging import evaluate_tags
+
+    assert main(["tags", tag_run["run_dir"], "--split", "test", "--json", str(tmp_path / "m.json")]) == 0
+    assert "tags on test (9 images): micro P" in capsys.readouterr().out
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got == pytest.approx(evaluate_tags(load_model(tag_run["run_dir"]), split="test"))
+
+
+def test_cli_tags_tags_images(tag_run, tiny_root, tmp_path, capsys):
+    import json
+
+    from fgir.cli.main import main
+
+    folder = next(p for p in Path(tiny_root).rglob("*.png")).parent
+    assert main(["tags", tag_run["run_dir"], str(folder), "--json", str(tmp_path / "t.json")]) == 0
+    preds = json.loads((tmp_path / "t.json").read_text())["predictions"]
+    assert preds and all(set(p["tags"]) <= {"colour0", "colour1", "colour2", "shape"} for p in preds)
+    assert capsys.readouterr().out.count("\t") == len(preds)
+
+
+def test_cli_tags_refuses_a_model_without_vilt(tiny_root, tmp_path, capsys):
+    from conftest import tiny_cfg
+
+    from fgir.cli.main import main
+    from fgir.engine.train import train
+
+    run = train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))["run_dir"]
+    assert main(["tags", run]) == 2
+    err = capsys.readouterr().err
+    assert "needs a model with the vilt plug-in" in err and "Traceback" not in err

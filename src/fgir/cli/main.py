@@ -167,6 +167,45 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_tags(a) -> int:
+    """Tag evaluation on a split, or tag generation for images, with a vilt model (Animesion tagging)."""
+    import torch
+
+    from ..config import config_from_dict
+    from ..engine.checkpoint import load_model
+    from ..engine.tagging import evaluate_tags, predict_tags, tokenizer_for
+    from ..serve.predict import Predictor, collect_images
+
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}.")
+    model = load_model(a.checkpoint, "cpu")
+    if getattr(model, "fgir_vilt", None) is None or getattr(model, "mlm_head", None) is None:
+        raise ValueError(f"{a.checkpoint}: fgir tags needs a model with the vilt plug-in and its MLM head "
+                         "(model.plugins=[{name: vilt, vocab: VOCAB.json}], mlm: true).")
+    if not a.images:
+        res = evaluate_tags(model, split=a.split, tags=a.tags, batch_size=a.batch_size)
+        print(f"tags on {a.split} ({res['images']} images): micro P {100 * res['micro_precision']:.2f} "
+              f"R {100 * res['micro_recall']:.2f} F1 {100 * res['micro_f1']:.2f} | per image P "
+              f"{100 * res['sample_precision']:.2f} R {100 * res['sample_recall']:.2f} "
+              f"F1 {100 * res['sample_f1']:.2f}")
+    else:
+        tok = tokenizer_for(config_from_dict(model.fgir_meta["config"]))
+        files, _ = collect_images(a.images)
+        pred = Predictor(model, model.fgir_meta, "cpu", "default")
+        res = {"predictions": []}
+        for i in range(0, len(files), a.batch_size):
+            chunk = files[i:i + a.batch_size]
+            with torch.no_grad():
+                tags = predict_tags(model, pred.preprocess(chunk), tok)
+            for f, t in zip(chunk, tags):
+                print(f"{f}\t{' '.join(t)}")
+                res["predictions"].append({"image": str(f), "tags": t})
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {a.json}")
+    return 0
+
+
 def cmd_export(a) -> int:
     from ..export.card import command_line
     from ..export.onnx import export_onnx
@@ -512,6 +551,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--tta", action="store_true", help="shorthand for --inference tta (CAL's 8-view inference)")
     _add_device(s)
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("tags", help="tag P/R/F1 on a split, or tags for images (vilt models)",
+                       description="With a vilt model (Animesion's vision + tags tagging task): without IMAGES, "
+                       "tag-level micro and per-image precision, recall and F1 on --split against the run's tag "
+                       "JSON (or --tags); with IMAGES (files or folders), the generated tags per image.")
+    s.add_argument("checkpoint", help="run folder or .safetensors checkpoint of a vilt model")
+    s.add_argument("images", nargs="*", help="image files or folders to tag (default: evaluate on --split)")
+    s.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    s.add_argument("--tags", default="", help="tag JSON (default: the run's task.tags, else tags.json beside the split "
+                   "files)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    s.add_argument("--json", default="", help="also write the metrics or the predicted tags to this JSON file")
+    s.set_defaults(fn=cmd_tags)
 
     s = sub.add_parser("predict", help="top-k predictions for images or folders",
                        description="Top-k predictions for image files and folders (recursive), streamed in batches. "
