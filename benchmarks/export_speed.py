@@ -12,6 +12,9 @@ optimisations) on the same batch with the same thread count: ``--warmup`` untime
 ``--iters`` timed batches alternating between the two backends (so a change in machine load hits
 both alike). Reports the median batch time as images/s and the ratio onnxruntime / PyTorch. One run;
 no GPU.
+
+``--profile`` instead prints where onnxruntime spends ViTFS-T's time (its own profiler, 4 batches after
+one warm-up, kernel time per operator type) for the portable and the ``--ort-attention`` graph.
 """
 
 from __future__ import annotations
@@ -77,6 +80,39 @@ def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: in
             "onnxruntime_batch_s": [round(t, 4) for t in times["onnxruntime"]]}
 
 
+def profile_ort(name: str, size: int, batch: int, threads: int, tmp: Path, ort_attention: bool) -> list:
+    """(operator type, ms per batch, share) of onnxruntime's kernel time, largest first."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=200).eval()
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    traced, _, _ = fold_if_equal(model, x, 1e-5)
+    fused = 0
+    if ort_attention:
+        traced, fused = with_ort_attention(traced)
+    path = tmp / f"profile_{int(ort_attention)}.onnx"
+    export_module(traced, x, path, custom_opsets=ORT_OPSETS if fused else None)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort_profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {"image": x.numpy()})
+    runs = 4
+    for _ in range(runs):
+        sess.run(None, {"image": x.numpy()})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    seen_runs = 0
+    for ev in events:
+        if ev.get("name") == "model_run":
+            seen_runs += 1
+        elif seen_runs >= 1 and ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            per_op[ev["args"]["op_name"]] = per_op.get(ev["args"]["op_name"], 0.0) + ev["dur"] / 1000 / runs
+    total = sum(per_op.values())
+    return [(op, ms, ms / total) for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends (default: 2)")
@@ -86,8 +122,19 @@ def main() -> None:
     ap.add_argument("--no-fold", action="store_true", help="export without folding token BatchNorms (fgir export "
                     "--no-fold)")
     ap.add_argument("--out", default="", help="also write the rows (with every batch time) to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="print onnxruntime's time per operator type for ViTFS-T "
+                    "instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            for fused in (False, True):
+                rows = profile_ort("vitfs_tiny", 224, a.batch_size, a.threads, Path(tmp), fused)
+                print(f"vitfs_tiny 224 px, batch {a.batch_size}, {'--ort-attention' if fused else 'portable graph'}: "
+                      f"{sum(ms for _, ms, _ in rows):.0f} ms of kernel time per batch")
+                for op, ms, share in rows[:10]:
+                    print(f"  {op:28s} {ms:8.1f} ms  {100 * share:5.1f} %")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench(n, s, a.batch_size, a.threads, a.warmup, a.iters, Path(tmp), not a.no_fold, o)
                 for n, s, o in MODELS]

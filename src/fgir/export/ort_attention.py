@@ -48,7 +48,9 @@ class OrtAttention(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, w, b, num_heads: int, scale: float):
-        return g.op("com.microsoft::Attention", x, w, b, num_heads_i=num_heads, scale_f=scale)
+        out = g.op("com.microsoft::Attention", x, w, b, num_heads_i=num_heads, scale_f=scale)
+        out.setType(x.type())  # B x N x C, as the input (only attentions with qkv C -> 3C are replaced)
+        return out
 
 
 class _OrtAttention(nn.Module):
@@ -76,7 +78,8 @@ def _plain_attention(m: nn.Module) -> bool:
     return (type(m) is Attention and "forward" not in m.__dict__ and not m._forward_hooks
             and not m._forward_pre_hooks and isinstance(m.q_norm, nn.Identity) and isinstance(m.k_norm, nn.Identity)
             and getattr(m, "gate", None) is None and isinstance(m.qkv, nn.Linear) and not m.training
-            and m.attn_dim == m.num_heads * m.head_dim)
+            and m.attn_dim == m.num_heads * m.head_dim
+            and m.qkv.out_features == 3 * m.qkv.in_features == 3 * m.attn_dim)
 
 
 def with_ort_attention(module: nn.Module) -> tuple[nn.Module, int]:
