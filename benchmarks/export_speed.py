@@ -39,17 +39,24 @@ MODELS = (("lrnet14", 128, False), ("vitfs_tiny", 224, False), ("vitfs_tiny", 22
 """(model, px, --ort-attention): ViTFS-T as a standard ONNX graph and with onnxruntime's fused attention."""
 
 
-def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: int, tmp: Path,
-          fold: bool = True, ort_attention: bool = False) -> dict:
+def exported(name: str, size: int, batch: int, path: Path, fold: bool = True, ort_attention: bool = False):
+    """(model, batch, norms folded, attentions fused): ``name`` with random weights (seed 0), exported
+    to ``path`` the way ``fgir export`` does it (``--no-fold`` / ``--ort-attention`` as asked)."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=200).eval()
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    path = tmp / f"{name}_{size}_{int(ort_attention)}.onnx"
     traced, folded, _ = fold_if_equal(model, x, 1e-5) if fold else (model, 0, 0.0)
     fused = 0
     if ort_attention:
         traced, fused = with_ort_attention(traced)
     export_module(traced, x, path, custom_opsets=ORT_OPSETS if fused else None)
+    return model, x, folded, fused
+
+
+def bench(name: str, size: int, batch: int, threads: int, warmup: int, iters: int, tmp: Path,
+          fold: bool = True, ort_attention: bool = False) -> dict:
+    path = tmp / f"{name}_{size}_{int(ort_attention)}.onnx"
+    model, x, folded, fused = exported(name, size, batch, path, fold, ort_attention)
     sess = onnx_session(path, threads=threads)
     feed = {"image": x.numpy()}
     with torch.no_grad():
@@ -84,15 +91,8 @@ def profile_ort(name: str, size: int, batch: int, threads: int, tmp: Path, ort_a
     """(operator type, ms per batch, share) of onnxruntime's kernel time, largest first."""
     import onnxruntime as ort
 
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=200).eval()
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    traced, _, _ = fold_if_equal(model, x, 1e-5)
-    fused = 0
-    if ort_attention:
-        traced, fused = with_ort_attention(traced)
     path = tmp / f"profile_{int(ort_attention)}.onnx"
-    export_module(traced, x, path, custom_opsets=ORT_OPSETS if fused else None)
+    _, x, _, _ = exported(name, size, batch, path, ort_attention=ort_attention)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
     opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort_profile")
