@@ -60,6 +60,8 @@ class ModelConfig:
     """Load the timm/HF-hub pretrained weights (needs network or a warm HF cache)."""
     checkpoint: str = ""
     """Initialise the model from this fgir checkpoint (.safetensors or run folder) or a timm-style state dict; the head is re-initialised when its class count differs."""
+    checkpoint_head: bool = True
+    """Take the classifier from model.checkpoint when its shape fits; false = a fresh classifier (transfer to a new task with the same class count, or a new-head control)."""
     checkpoint_strict: bool = True
     """model.checkpoint must provide every non-head tensor with the right shape; false = load what fits and list what was skipped."""
     img_size: int = 0

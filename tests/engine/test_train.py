@@ -143,6 +143,17 @@ def test_backbone_initialised_from_own_checkpoint(tiny_root, tmp_path):
     assert own["fc.weight"].shape == (5, src["fc.weight"].shape[1])
 
 
+def test_checkpoint_head_false_gives_a_fresh_classifier(tiny_root, tmp_path):
+    train_mod.train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
+    src = read_tensors(tmp_path / "t" / "last.safetensors")
+    ck = f"model.checkpoint={tmp_path / 't'}"
+    kept = build_model(tiny_cfg(tiny_root, tmp_path, ck), 3).state_dict()
+    fresh = build_model(tiny_cfg(tiny_root, tmp_path, ck, "model.checkpoint_head=false"), 3).state_dict()
+    torch.testing.assert_close(kept["fc.weight"], src["fc.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(fresh["conv1.0.weight"], src["conv1.0.weight"], rtol=0, atol=0)
+    assert not torch.equal(fresh["fc.weight"], src["fc.weight"])
+
+
 def test_checkpoint_of_other_architecture_is_refused(tiny_root, tmp_path):
     from fgir.engine.checkpoint import CheckpointError, init_from_checkpoint
 

@@ -90,13 +90,15 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     names = [p.name for p in m.plugins]
     after = bool(m.checkpoint) and names and _checkpoint_plugins(m.checkpoint) == names
     if m.checkpoint and not after:
-        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict)
+        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict,
+                             keep_head=m.checkpoint_head)
     try:
         model = apply_plugins(model, m.plugins)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.plugins on '{m.name}': {e}") from e
     if after:
-        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict)
+        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict,
+                             keep_head=m.checkpoint_head)
     apply_trainable(model, m.trainable)
     try:
         get_inference(model, m.inference)

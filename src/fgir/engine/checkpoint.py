@@ -323,9 +323,11 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str,
                               f"({len(missing)}), unexpected {list(unexpected)[:5]} ({len(unexpected)}).")
 
 
-def init_from_checkpoint(model: nn.Module, path: str, num_classes: int, strict: bool = True) -> list[str]:
+def init_from_checkpoint(model: nn.Module, path: str, num_classes: int, strict: bool = True,
+                         keep_head: bool = True) -> list[str]:
     """``model.checkpoint=...``: take the weights from an fgir checkpoint (or a plain state dict
-    file); the classifier is re-initialised when its shape differs (another class count).
+    file); the classifier is re-initialised when its shape differs (another class count), or
+    always with ``keep_head=False`` (``model.checkpoint_head=false``).
 
     With ``strict`` every other tensor of the model must be in the checkpoint with the right
     shape; ``strict=False`` loads what fits and prints what was skipped. Returns the names of the
@@ -375,7 +377,9 @@ def init_from_checkpoint(model: nn.Module, path: str, num_classes: int, strict: 
     head_diff = [k for k in shape_diff if k in head]
     if head_diff:
         print(f"model.checkpoint: re-initialising the classifier for {num_classes} classes ({head_diff}).")
-    sd = {k: v for k, v in sd.items() if k in own and k not in shape_diff}
+    elif not keep_head and head & set(sd):
+        print(f"model.checkpoint: fresh classifier (model.checkpoint_head=false; {sorted(head & set(sd))}).")
+    sd = {k: v for k, v in sd.items() if k in own and k not in shape_diff and (keep_head or k not in head)}
     model.load_state_dict(sd, strict=False)
     return sorted(set(own) - set(sd))
 
