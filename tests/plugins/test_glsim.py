@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import timm
 import torch
@@ -426,6 +428,17 @@ def test_vitfs_gap_registers_shared_crop_cls():
     assert out["gls"].shape == (2, 16) and out["logits"].shape == (2, 5)
     # global vector = the mean of the normalised patch tokens (the GAP pre-logits)
     assert_close(out["gls"], F.cosine_similarity(h[:, 4:].mean(1, keepdim=True), h[:, 4:], dim=-1))
+
+
+def test_gap_backbone_warns_that_selection_is_background_prone():
+    with pytest.warns(UserWarning, match="no class token"):
+        apply_glsim(create_model("vitfs_nano", num_classes=5), GLSimConfig(top_o=4))
+
+
+def test_cls_backbone_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_glsim(tiny_vit(), GLSimConfig(top_o=4))
 
 
 def test_vitfs_separate_crop_cls_is_refused():

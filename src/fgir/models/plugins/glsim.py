@@ -36,6 +36,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypedDict
@@ -448,6 +449,10 @@ def apply_glsim(backbone: nn.Module, cfg: GLSimConfig | None = None, *,
     if not (hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks")):
         raise TypeError(f"GLSim needs a token model (a ViT with patch_embed and blocks); "
                         f"{type(backbone).__name__} is not one. Use a ViT backbone (vit_*, vitfs_*).")
+    if not isinstance(getattr(backbone, "cls_token", None), nn.Parameter):
+        warnings.warn(f"glsim on {type(backbone).__name__}: no class token, so the global vector is the mean of "
+                      "the patch tokens, and the patches most similar to it are mostly background (README, GLSim "
+                      "on CUB-100); GLSim is meant for CLS-token ViTs.", UserWarning, stacklevel=2)
     k = plugin_class_count("glsim", backbone, num_classes)
     model = GLSimModel(backbone, k, cfg)
     register_inference(model, "no-crop", "forward_no_crop")
