@@ -89,16 +89,17 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     model = create_backbone(cfg, num_classes)
     names = [p.name for p in m.plugins]
     after = bool(m.checkpoint) and names and _checkpoint_plugins(m.checkpoint) == names
+    def load(into: nn.Module) -> None:
+        init_from_checkpoint(into, m.checkpoint, num_classes, strict=m.checkpoint_strict, keep_head=m.checkpoint_head)
+
     if m.checkpoint and not after:
-        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict,
-                             keep_head=m.checkpoint_head)
+        load(model)
     try:
         model = apply_plugins(model, m.plugins)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.plugins on '{m.name}': {e}") from e
     if after:
-        init_from_checkpoint(model, m.checkpoint, num_classes, strict=m.checkpoint_strict,
-                             keep_head=m.checkpoint_head)
+        load(model)
     apply_trainable(model, m.trainable)
     try:
         get_inference(model, m.inference)
