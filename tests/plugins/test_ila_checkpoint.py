@@ -84,3 +84,24 @@ def test_census_json_stores_the_ttp_split(runs):
     ttp = json.loads((runs["ad"] / "census.json").read_text())["ttp"]
     assert ttp["head_per_class"] == 64 + 1 and ttp["num_classes"] == 3
     assert ttp["non_head_trainable"] + ttp["head_trainable"] == ttp["trainable"]
+
+
+def _continued(runs, *extra):
+    from fgir.engine.build import build_model
+
+    cfg = tiny_cfg(runs["out"], runs["out"], *VIT, f"model.checkpoint={runs['ad']}", ILA, *extra)
+    torch.manual_seed(123)
+    return build_model(cfg, 3)
+
+
+def test_continuing_an_adapter_run_keeps_its_classifier_by_default(runs):
+    m = _continued(runs)
+    assert_close(m.head.weight, read_tensors(runs["ad"] / "last.safetensors")["head.weight"], rtol=0, atol=0)
+
+
+def test_continuing_an_adapter_run_with_checkpoint_head_false_gives_a_fresh_classifier(runs):
+    m = _continued(runs, "model.checkpoint_head=false")
+    sd = read_tensors(runs["ad"] / "last.safetensors")
+    assert not torch.equal(m.head.weight, sd["head.weight"])
+    adapters = {k: v for k, v in m.state_dict().items() if k.startswith("ila.")}
+    assert adapters and all(torch.equal(v, sd[k]) for k, v in adapters.items())

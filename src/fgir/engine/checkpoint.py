@@ -343,9 +343,13 @@ def init_from_checkpoint(model: nn.Module, path: str, num_classes: int, strict: 
         if info:  # continue an adapter-only run: its backbone first, then its trained tensors
             src = (info.get("checkpoint") or {}).get("path", "")
             if src:
-                init_from_checkpoint(model, src, num_classes, strict=False)
-            merge_trainable(model, sd, info, where=f"model.checkpoint={path}")
-            return []
+                init_from_checkpoint(model, src, num_classes, strict=False, keep_head=keep_head)
+            own, head = model.state_dict(), _head_keys(model)
+            drop = {k for k in head & set(sd) if not keep_head or (k in own and own[k].shape != sd[k].shape)}
+            if drop:
+                print(f"model.checkpoint: fresh classifier, not the adapter run's ({sorted(drop)}).")
+            merge_trainable(model, sd, info, where=f"model.checkpoint={path}", skip=drop)
+            return sorted(drop)
     else:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
         if isinstance(sd, dict) and "state_dict" in sd:
@@ -445,9 +449,11 @@ def trainable_spec(cfg: Config, model: nn.Module) -> dict | None:
                                    "backbone_sha256": backbone_fingerprint(model, keys)}}
 
 
-def merge_trainable(model: nn.Module, sd: dict[str, torch.Tensor], info: dict, where: str) -> None:
+def merge_trainable(model: nn.Module, sd: dict[str, torch.Tensor], info: dict, where: str,
+                    skip: set[str] = frozenset()) -> None:
     """Load an adapter-only state dict onto ``model`` (its frozen backbone already loaded) after checking
-    that the backbone is the one the tensors were trained on."""
+    that the backbone is the one the tensors were trained on; the tensors named in ``skip`` (a
+    classifier to re-initialise) take part in the check but are not loaded."""
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
     if unexpected:
@@ -461,7 +467,7 @@ def merge_trainable(model: nn.Module, sd: dict[str, torch.Tensor], info: dict, w
         raise CheckpointError(f"{where} was trained on another backbone (fingerprint {want[:12]}, from {src}); the "
                               f"backbone loaded here has fingerprint {got[:12]}. Load it onto the backbone it was "
                               "trained on.")
-    load_weights_into(model, sd, where=where, strict=False)
+    load_weights_into(model, {k: v for k, v in sd.items() if k not in skip}, where=where, strict=False)
 
 
 # ----------------------------------------------------------------------------- training state
