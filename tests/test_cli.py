@@ -1,4 +1,6 @@
 
+import sys
+
 import pytest
 from conftest import tiny_cfg
 
@@ -78,3 +80,14 @@ def test_config_explain_lists_documented_keys(capsys):
     out = capsys.readouterr().out
     assert "optim.lr = 0.002" in out and "task.temperature = 0.7" in out
     assert "model.plugins[i].num_maps = 32" in out and "Number M of part-attention maps" in out
+
+
+def test_fgir_warnings_print_as_one_line_without_the_source_line():
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "fgir.cli.main", "cost", "vitfs_nano", "--plugins", "glsim",
+                        "--img-size", "64", "--num-classes", "5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "no class token" in ln]
+    assert len(warn) == 1 and warn[0].startswith("fgir: warning: glsim on ViTFS")
+    assert "warnings.warn" not in r.stderr and ".py:" not in r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ..config import ConfigError, load_config
@@ -795,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser(argv).parse_args(argv)
     _sigterm_as_interrupt()
+    fmt = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _fgir_warning_line
     try:
         return args.fn(args)
     except BrokenPipeError:  # `fgir ... | head`: the reader left; not an error of ours
@@ -812,6 +816,20 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError)):
             print("fgir: run `fgir --debug ...` for the traceback", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = fmt
+
+
+def _fgir_warning_line(message, category, filename, lineno, line=None) -> str:
+    """Our own warnings are messages to the user (a config, a file, a backbone), so they print as
+    ``fgir: warning: ...`` without the source line they were raised on (``--debug`` shows it);
+    warnings of other libraries keep Python's format."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+        return f"fgir: warning: {message}\n"
+    return _PY_FORMATWARNING(message, category, filename, lineno, line)
+
+
+_PY_FORMATWARNING = warnings.formatwarning
 
 
 if __name__ == "__main__":
