@@ -18,6 +18,11 @@ never used for any choice. Each stage is a run folder under ``--out``; a finishe
 is reused and an interrupted one resumed, so the script can be re-run until the table is complete.
 Writes ``--out``/ila_transfer.md (test top-1 mean ± sample std over seeds, trainable parameters,
 GMACs at 128 px, mean train time) and .json.
+
+Equal wall-clock (``--equal-time REF``): the cheaper methods of ``--equal-time-methods`` are also
+trained for REF's mean train time, i.e. for round(epochs · t_REF / t_method) epochs (same recipe and
+schedule shape, more epochs), over the same seeds; a second table compares them with REF. The
+times come from the finished same-epoch stages, so nothing else should run beside those.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--lr-grid", type=float, nargs="*", default=[],
                     help="choose each method's lr on val from these (default: the a-priori lr)")
+    ap.add_argument("--equal-time", choices=list(METHODS), help="also train --equal-time-methods for this "
+                    "method's mean train time (more epochs)")
+    ap.add_argument("--equal-time-methods", nargs="+", default=["ila_plus", "ila_pp"], choices=list(METHODS))
     a = ap.parse_args()
     bb = Path(a.backbone).expanduser()
     if not (bb / "last.safetensors").is_file() or not (bb / "final.json").is_file():
@@ -107,7 +115,8 @@ def main() -> None:
                      "train_time_s": statistics.mean(r["train_time_s"] for _, r in finals)})
         print(json.dumps(rows[-1]), flush=True)
     lines = [f"`python benchmarks/ila_transfer.py --epochs {a.epochs} --seeds {' '.join(map(str, a.seeds))}"
-             + (f" --lr-grid {' '.join(f'{g:g}' for g in a.lr_grid)}" if a.lr_grid else "") + "`", "",
+             + (f" --lr-grid {' '.join(f'{g:g}' for g in a.lr_grid)}" if a.lr_grid else "")
+             + (f" --equal-time {a.equal_time}" if a.equal_time else "") + "`", "",
              f"Backbone {bb} (ViTFS-T, CUB-100, 128 px), Flowers-12 train_val -> test, last epoch, "
              f"{len(a.seeds)} seeds.", "",
              "| method | lr | test top-1 (mean ± std) | trainable params | GMACs @128 | train time (s) |",
@@ -115,10 +124,40 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['method']} | {r['lr']['lr']:g} | {r['mean']:.2f} ± {r['std']:.2f} | {r['trainable']:,} | "
                      f"{r['gmacs']:.3f} | {r['train_time_s']:.0f} |")
+    if a.equal_time:
+        lines += equal_time_table(a, rows, out, common)
     text = "\n".join(lines)
     print(text)
     (out / "ila_transfer.md").write_text(text + "\n")
     (out / "ila_transfer.json").write_text(json.dumps(rows, indent=2))
+
+
+def equal_time_table(a, rows: list[dict], out: Path, common: list[str]) -> list[str]:
+    """Train each of ``a.equal_time_methods`` for ``a.equal_time``'s mean train time; the table lines."""
+    by = {r["method"]: r for r in rows}
+    missing = [m for m in [a.equal_time, *a.equal_time_methods] if m not in by]
+    if missing:
+        raise SystemExit(f"--equal-time needs the same-epoch rows of {missing}: add them to --methods")
+    ref = by[a.equal_time]
+    lines = ["", f"Equal wall-clock: each method trained for {a.equal_time}'s mean train time "
+             f"({ref['train_time_s']:.0f} s at {a.epochs} epochs), i.e. more epochs, same recipe and schedule shape.",
+             "", "| method | epochs | test top-1 (mean ± std) | train time (s) |", "|---|---|---|---|",
+             f"| {a.equal_time} | {a.epochs} | {ref['mean']:.2f} ± {ref['std']:.2f} | {ref['train_time_s']:.0f} |"]
+    for name in a.equal_time_methods:
+        r = by[name]
+        ep = max(a.epochs, round(a.epochs * ref["train_time_s"] / r["train_time_s"]))
+        over = METHODS[name][0]
+        res = [run_stage(f"{name}_eqt_{a.equal_time}_s{s}", common + over + [
+            f"optim.epochs={ep}", f"optim.lr={r['lr']['lr']}", f"run.seed={s}", "data.train_split=train_val",
+            "data.val_split=", "data.test_split=test"], out) for s in a.seeds]
+        tops = [x["test_top1"] for x in res]
+        row = {"method": name, "equal_time_of": a.equal_time, "epochs": ep, "test_top1": tops,
+               "mean": statistics.mean(tops), "std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
+               "train_time_s": statistics.mean(x["train_time_s"] for x in res)}
+        r["equal_time"] = row
+        print(json.dumps(row), flush=True)
+        lines.append(f"| {name} | {ep} | {row['mean']:.2f} ± {row['std']:.2f} | {row['train_time_s']:.0f} |")
+    return lines
 
 
 if __name__ == "__main__":
