@@ -36,6 +36,7 @@ from fgir.benchmarks import stages
 
 RECIPE = "configs/recipes/ila/ila_flowers12_vitfs_tiny_128.yaml"
 PEFT_TRAIN = "model.trainable=[plugins, head, reg_token]"
+FINAL = ["data.train_split=train_val", "data.val_split=", "data.test_split=test"]  # reported runs
 METHODS: dict[str, tuple[list[str], float]] = {  # name -> (overrides, a-priori lr)
     "linear": (["model.plugins=[]", "model.trainable=[head, reg_token]"], 0.1),
     "full_ft": (["model.plugins=[]", "model.trainable=[all]", "model.save=full"], 0.01),
@@ -103,9 +104,8 @@ def main() -> None:
         finals = []
         for s in a.seeds:
             stage = f"{name}_s{s}"
-            finals.append((stage, run_stage(stage, common + over + [f"optim.lr={chosen['lr']}", f"run.seed={s}",
-                                                                    "data.train_split=train_val", "data.val_split=",
-                                                                    "data.test_split=test"], out)))
+            over_s = [f"optim.lr={chosen['lr']}", f"run.seed={s}", *FINAL]
+            finals.append((stage, run_stage(stage, common + over + over_s, out)))
         tops = [r["test_top1"] for _, r in finals]
         census = json.loads((out / finals[0][0] / "census.json").read_text())["model"]
         rows.append({"method": name, "lr": chosen, "test_top1": tops,
@@ -148,8 +148,7 @@ def equal_time_table(a, rows: list[dict], out: Path, common: list[str]) -> list[
         ep = max(a.epochs, round(a.epochs * ref["train_time_s"] / r["train_time_s"]))
         over = METHODS[name][0]
         res = [run_stage(f"{name}_eqt_{a.equal_time}_s{s}", common + over + [
-            f"optim.epochs={ep}", f"optim.lr={r['lr']['lr']}", f"run.seed={s}", "data.train_split=train_val",
-            "data.val_split=", "data.test_split=test"], out) for s in a.seeds]
+            f"optim.epochs={ep}", f"optim.lr={r['lr']['lr']}", f"run.seed={s}", *FINAL], out) for s in a.seeds]
         tops = [x["test_top1"] for x in res]
         row = {"method": name, "equal_time_of": a.equal_time, "epochs": ep, "test_top1": tops,
                "mean": statistics.mean(tops), "std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
