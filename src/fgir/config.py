@@ -496,7 +496,18 @@ def _coerce(key: str, value: Any, tp: Any, default: Any) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        tp = args[0]
+        lists = [a for a in args if a is list or typing.get_origin(a) is list]
+        # `float | list` (e.g. a keep rate or one per location): a list value takes the list member
+        if lists and isinstance(value, (list, tuple)):
+            tp = lists[0]
+        elif lists and args[0] not in lists:
+            try:
+                return _coerce(key, value, args[0], default)
+            except ConfigError:
+                what = {float: "a number", int: "an integer", bool: "true/false"}.get(args[0], str(args[0]))
+                raise ConfigError(f"{key} expects {what} or a list, got {value!r}.") from None
+        else:
+            tp = args[0]
     if tp is bool:
         if isinstance(value, bool):
             return value
