@@ -10,7 +10,7 @@ import timm
 import torch
 from torch.testing import assert_close
 
-from fgir.config import load_config
+from fgir.config import ConfigError, load_config
 from fgir.models import create_model
 from fgir.models.plugins import apply_plugins
 from fgir.models.plugins.token_reduction import METHODS, core
@@ -439,3 +439,190 @@ def test_viz_tokens_is_registered():
     from fgir.report.viz import viz_names
 
     assert "tokens" in viz_names()
+
+
+# ----------------------------------------------------------------------------- keep_rate as a per-location list
+ABSOLUTE_METHODS = [m for m in METHODS if m not in core.RELATIVE]
+
+
+def _seeded(method: str, keep_rate, img: int = 64):
+    torch.manual_seed(0)
+    kr = f"[{', '.join(repr(v) for v in keep_rate)}]" if isinstance(keep_rate, list) else keep_rate
+    return plug(tiny("vit", img), tr(method, kr))
+
+
+def _eval_forward(model, x):
+    torch.manual_seed(1)  # DPC-KNN's density noise
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("kr", [0.3, 0.7])
+@pytest.mark.parametrize("method", METHODS)
+def test_keep_rate_list_of_expanded_scalar_gives_identical_outputs(method, kr):
+    expanded = core.expand_keep_rate(method, kr, 2)
+    assert all(isinstance(v, float) for v in expanded)
+    x = torch.rand(2, 3, 64, 64)
+    ref = _eval_forward(_seeded(method, kr), x)
+    assert_close(_eval_forward(_seeded(method, expanded), x), ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kr", [0.3, 0.7])
+@pytest.mark.parametrize("method", METHODS)
+def test_keep_rate_list_of_expanded_scalar_gives_identical_token_counts(method, kr):
+    x = torch.rand(2, 3, 64, 64)
+    scalar, listed = _seeded(method, kr), _seeded(method, core.expand_keep_rate(method, kr, 2))
+    _eval_forward(scalar, x)
+    _eval_forward(listed, x)
+    assert listed.token_path.last_counts == scalar.token_path.last_counts
+
+
+@pytest.mark.parametrize("row", [r for r in range(136) if ORACLE[r][0] is not None
+                                 and not (ORACLE[r][0] == "dynamicvit" and ORACLE[r][3] == "CLCA")])
+def test_keep_rate_list_of_expanded_scalar_walks_like_oracle_row(row):
+    # DynamicViT + CLCA (faithful) reads the list entry as its relative CLC rate, not kr**(s+1): left out
+    method, img, kr, variant, tokens, mlp, _ = ORACLE[row]
+    listed = core.expand_keep_rate(method, kr, 3)
+    walk = core.token_schedule(method, listed, (img // 16) ** 2, clca=variant == "CLCA")
+    assert walk == core.token_schedule(method, kr, (img // 16) ** 2, clca=variant == "CLCA")
+    assert walk[0] == tokens
+
+
+def test_expand_keep_rate_rules():
+    assert core.expand_keep_rate("evit", 0.7, 3) == [0.7, 0.7, 0.7]
+    assert core.expand_keep_rate("topk", 0.7, 3) == [0.7, 0.7, 0.7]
+    for method in ABSOLUTE_METHODS:  # Python's ** as the reference: 0.7 ** 2 = 0.48999999999999994
+        assert core.expand_keep_rate(method, 0.7, 3) == [0.7, 0.48999999999999994, 0.3429999999999999]
+    assert core.expand_keep_rate("sit", [0.5, 0.2, 0.1], 3) == [0.5, 0.2, 0.1]
+
+
+def test_evit_keep_rate_list_gives_hand_computed_counts():
+    # ViT-B/16 geometry at 224: 196 patches; EViT keeps ceil(kr_s * (n - 1)) and adds one fused token:
+    # block 3: ceil(0.7 * 196) = 138 -> 140; block 6: ceil(0.5 * 139) = 70 -> 72; block 9: ceil(0.3 * 71) = 22 -> 24
+    m = plug(narrow(224), tr("evit", "[0.7, 0.5, 0.3]", "[3, 6, 9]"))
+    got = counts(m, 224)
+    assert [a for a, _ in got] == [197] * 4 + [140] * 3 + [72] * 3 + [24] * 2
+    assert [got[i][1] for i in (3, 6, 9)] == [140, 72, 24]
+
+
+def test_evit_keep_rate_list_walk_gives_hand_computed_counts():
+    attn, mlp = core.token_schedule("evit", [0.7, 0.5, 0.3], 196)
+    assert attn == [197] * 4 + [140] * 3 + [72] * 3 + [24] * 2
+    assert [mlp[i] for i in (3, 6, 9)] == [140, 72, 24]
+
+
+@pytest.mark.parametrize("method, tokens", [
+    # targets int(196 * a_s) for a = [0.7, 0.5, 0.4]: 137, 98, 78 (+ CLS), reduced before blocks 3, 6, 9
+    ("sit", [197] * 3 + [138] * 3 + [99] * 3 + [79] * 3),
+    ("patchmerger", [197] * 3 + [138] * 3 + [99] * 3 + [79] * 3),
+    ("dynamicvit", [197] * 3 + [138] * 3 + [99] * 3 + [79] * 3),
+    ("dpcknn", [197] * 3 + [138] * 3 + [99] * 3 + [79] * 3),
+    # ToMe: t = 196, 137, 98, 78 -> r = 59, 39, 20 (under the half cap), merged inside blocks 3, 6, 9
+    ("tome", [197] * 4 + [138] * 3 + [99] * 3 + [79] * 2),
+])
+def test_absolute_keep_rate_list_gives_hand_computed_counts(method, tokens):
+    m = plug(narrow(224), tr(method, "[0.7, 0.5, 0.4]", "[3, 6, 9]"))
+    assert [a for a, _ in counts(m, 224)] == tokens
+
+
+def test_ats_keep_rate_list_gives_hand_computed_budgets():
+    # K_s = int(a_s * 196) + 1 for a = [0.7, 0.5, 0.4]
+    assert [core.ats_budget(196, [0.7, 0.5, 0.4], s) for s in range(3)] == [138, 99, 79]
+    m = plug(narrow(224), tr("ats", "[0.7, 0.5, 0.4]", "[3, 6, 9]"))
+    bound = [1 + core.ats_quantiles(k).numel() for k in (138, 99, 79)]
+    got = counts(m, 224)
+    assert all(got[i][1] <= b for i, b in zip((3, 6, 9), bound))
+
+
+def test_dynamicvit_ratio_loss_targets_follow_keep_rate_list():
+    # the list entries are the targets (a scalar 0.75 would give [0.75, 0.5625]); both exact in float32
+    m = plug(tiny("vit"), tr("dynamicvit", "[0.75, 0.25]")).train()
+    assert m.token_path.reducer.targets() == [0.75, 0.25]
+    d = [torch.ones(2, 8, 1) * t for t in (0.75, 0.25)]
+    assert m.token_path.reducer.ratio_loss(d).item() == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_all_ones_keep_rate_list_is_plain_model(method):
+    torch.manual_seed(0)
+    m = tiny("vit")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        with pytest.warns(UserWarning, match=r"keep_rate=\[1\.0, 1\.0\] is disabled"):
+            plug(m, tr(method, "[1.0, 1.0]"))
+        assert m.token_path.reducer is None
+        assert_close(m(x), ref, atol=0, rtol=0)
+
+
+_EXPECTED = r"expected a number in \(0, 1\] or a list of 2 numbers in \(0, 1\], one per location \[1, 2\]"
+
+
+@pytest.mark.parametrize("kr, message", [
+    ("[0.5, 0.5, 0.5]", r"keep_rate=\[0\.5, 0\.5, 0\.5\] is not allowed; " + _EXPECTED),   # wrong length
+    ("[0.5]", r"keep_rate=\[0\.5\] is not allowed; " + _EXPECTED),
+    ("0", r"keep_rate=0\.0 is not allowed; " + _EXPECTED),
+    ("1.5", r"keep_rate=1\.5 is not allowed; " + _EXPECTED),
+    ("[0.5, 0]", r"keep_rate=\[0\.5, 0\] is not allowed; " + _EXPECTED),
+    ("[1.5, 0.5]", r"keep_rate=\[1\.5, 0\.5\] is not allowed; " + _EXPECTED),
+    ("abc", r"keep_rate expects a number or a list, got 'abc'"),
+    ("[0.5, abc]", r"keep_rate=\[0\.5, 'abc'\] is not allowed; " + _EXPECTED),
+    ("[0.5, true]", r"keep_rate=\[0\.5, True\] is not allowed; " + _EXPECTED),
+])
+def test_bad_keep_rate_is_refused_naming_the_key(kr, message):
+    with pytest.raises(ConfigError, match=r"^model\.plugins\[0\]\." + message):
+        plug(tiny("vit"), tr("evit", kr))
+
+
+@pytest.mark.parametrize("method", ABSOLUTE_METHODS)
+def test_increasing_keep_rate_list_is_refused_for_absolute_methods(method):
+    with pytest.raises(ConfigError, match=rf"^model\.plugins\[0\]\.keep_rate=\[0\.25, 0\.5\] is not allowed; "
+                       rf"method '{method}' uses absolute .* must be non-increasing"):
+        plug(tiny("vit"), tr(method, "[0.25, 0.5]"))
+
+
+@pytest.mark.parametrize("method", core.RELATIVE)
+def test_increasing_keep_rate_list_is_accepted_for_relative_methods(method):
+    m = plug(tiny("vit"), tr(method, "[0.25, 0.5]"))
+    assert m.token_path.reducer.keep_rate == [0.25, 0.5]
+
+
+def test_keep_rate_list_override_through_load_config():
+    cfg = load_config(overrides=["model.plugins=[{name: token_reduction, method: evit, keep_rate: [0.7, 0.5, 0.3], "
+                                 "locations: [3, 6, 9]}]"])
+    assert cfg.model.plugins[0].keep_rate == [0.7, 0.5, 0.3]
+
+
+def test_keep_rate_list_override_of_a_recipe_entry():
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "configs/recipes/clca/cotton_evit_clca_448.yaml"
+    cfg = load_config([str(recipe)], ["model.plugins.0.keep_rate=[0.7,0.5,0.3]"])
+    assert cfg.model.plugins[0].name == "token_reduction" and cfg.model.plugins[0].keep_rate == [0.7, 0.5, 0.3]
+
+
+def test_keep_rate_list_shown_by_reducer_repr():
+    m = plug(tiny("vit"), tr("evit", "[0.7, 0.3]"))
+    assert "keep_rate=[0.7, 0.3], locations=[1, 2]" in repr(m.token_path.reducer)
+
+
+def test_keep_rate_list_token_fate_follows_counts():
+    from fgir.models.plugins.token_reduction.viz import token_fate
+
+    # 16 patches: block 1 keeps ceil(0.7 * 16) = 12 (+ CLS + fused), block 2 ceil(0.3 * 13) = 4 (+ CLS + fused)
+    m = plug(tiny("vit"), tr("evit", "[0.7, 0.3]"))
+    fates = token_fate(m, torch.rand(1, 3, 64, 64))
+    assert [f["n_out"] for f in fates] == [14, 6]
+
+
+def test_cli_cost_accepts_keep_rate_list(capsys):
+    from fgir.cli.main import main
+
+    def gmacs(kr: str) -> float:
+        assert main(["cost", "vit_tiny_patch16_224", "--img-size", "64", "--num-classes", "5", "--plugins",
+                     f"[{{name: token_reduction, method: evit, keep_rate: {kr}, locations: [3, 6, 9]}}]"]) == 0
+        line = [ln for ln in capsys.readouterr().out.splitlines() if "GMACs" in ln and "px" in ln][0]
+        return float(line.split("GMACs")[0].split()[-1])
+
+    assert gmacs("[0.7, 0.7, 0.7]") == gmacs("0.7")
+    assert gmacs("[0.7, 0.5, 0.3]") < gmacs("0.7")

@@ -5,6 +5,13 @@ probabilities where needed) and knows nothing about modules or models. The keep-
 the reference float expressions (spec ``clca.md`` §6): ``math.ceil(kr * (n - 1))`` for EViT/Top-K,
 ``int(P * kr ** (s + 1))`` for the absolute rules; do not "repair" them in faithful mode.
 
+Keep rates: ``keep_rate`` is a float ``kr`` or a list with one value per location (spec §5). A
+float is expanded per stage ``s`` by :func:`stage_rate` (``kr`` for the relative rules: EViT /
+Top-K and DynamicViT's CLC rule) and :func:`cumulative_rate` (``kr ** (s + 1)`` for the absolute
+rules: DynamicViT base, ATS, SiT, PatchMerger, DPC-KNN, ToMe's ``t_s``); a list gives those
+per-stage values directly (entry ``s`` replaces ``kr`` or ``kr ** (s + 1)``), so for an absolute
+method ``[0.5, 0.25, 0.125]`` equals ``0.5``, and for EViT ``[0.5, 0.5, 0.5]`` does.
+
 Assignment maps (``assign``, optional outputs used by ``fgir viz tokens``) map every input
 candidate token to the index of the output candidate it went into, or -1 when it was dropped.
 """
@@ -16,11 +23,54 @@ import math
 import torch
 
 __all__ = [
+    "stage_rate", "cumulative_rate", "expand_keep_rate", "is_disabled", "ABSOLUTE", "RELATIVE",
     "evit_keep", "absolute_target", "dynamicvit_keep", "ats_budget", "ats_quantiles", "dpc_target",
     "tome_schedule", "class_attention", "evit_reduce", "topk_reduce", "bipartite_soft_matching",
     "merge_wavg", "ats_sample", "dynamicvit_ratio_loss", "softmax_with_policy", "dpc_knn_cluster",
     "merge_clusters", "soft_assign", "token_schedule", "BEFORE_BLOCK",
 ]
+
+
+# ============================================================================ keep rates per stage
+RELATIVE = ("evit", "topk")
+"""Methods whose keep rule is relative to the current count (``ceil(kr_s * (n - 1))``)."""
+ABSOLUTE = ("dynamicvit", "ats", "sit", "patchmerger", "dpcknn", "tome")
+"""Methods with an absolute per-stage target (``kr ** (s + 1)`` of the patch count; DynamicViT's
+faithful CLC rule is relative, its base rule and ratio-loss targets absolute)."""
+
+
+def stage_rate(keep_rate: float | list[float], stage: int) -> float:
+    """Relative keep rate at ``stage``: ``kr`` for a float, entry ``stage`` of a list."""
+    if isinstance(keep_rate, (list, tuple)):
+        return keep_rate[stage]
+    return keep_rate
+
+
+def cumulative_rate(keep_rate: float | list[float], stage: int) -> float:
+    """Absolute (cumulative) keep fraction at ``stage``: ``kr ** (s + 1)`` for a float (Python's
+    ``**``, the reference expression), entry ``stage`` of a list."""
+    if isinstance(keep_rate, (list, tuple)):
+        return keep_rate[stage]
+    return keep_rate ** (stage + 1)
+
+
+def expand_keep_rate(method: str, keep_rate: float | list[float], n_stages: int) -> list[float]:
+    """The per-location values ``method``'s rule uses: ``[kr] * n`` for EViT / Top-K, ``[kr ** (s + 1)]``
+    for the absolute methods (DynamicViT: its base rule and ratio-loss targets); a list is returned
+    as it is (its length must be ``n_stages``)."""
+    if isinstance(keep_rate, (list, tuple)):
+        if len(keep_rate) != n_stages:
+            raise ValueError(f"keep_rate {list(keep_rate)} needs one value per location ({n_stages}).")
+        return list(keep_rate)
+    rule = stage_rate if method in RELATIVE else cumulative_rate
+    return [rule(keep_rate, s) for s in range(n_stages)]
+
+
+def is_disabled(keep_rate: float | list[float]) -> bool:
+    """Keep rate 1.0, or a list of 1.0 only: the reducer is off (framework rule, spec §15 item 12)."""
+    if isinstance(keep_rate, (list, tuple)):
+        return all(v == 1.0 for v in keep_rate)
+    return keep_rate == 1.0
 
 
 # ============================================================================ keep-count rules
@@ -29,24 +79,26 @@ def evit_keep(n: int, keep_rate: float) -> int:
     return math.ceil(keep_rate * (n - 1))
 
 
-def absolute_target(num_patches: int, keep_rate: float, stage: int, fixed: bool = False) -> int:
-    """SiT / PatchMerger / DynamicViT-base rule ``int(P * kr ** (s + 1))`` (can be 0; ``fixed``: >= 1)."""
-    k = int(num_patches * keep_rate ** (stage + 1))
+def absolute_target(num_patches: int, keep_rate: float | list[float], stage: int, fixed: bool = False) -> int:
+    """SiT / PatchMerger / DynamicViT-base rule ``int(P * kr ** (s + 1))`` (can be 0; ``fixed``: >= 1).
+    ``keep_rate``: a float or a per-location list (entry ``s`` replaces ``kr ** (s + 1)``)."""
+    k = int(num_patches * cumulative_rate(keep_rate, stage))
     return max(1, k) if fixed else k
 
 
-def dynamicvit_keep(num_patches: int, current: int, keep_rate: float, stage: int, clc: bool,
+def dynamicvit_keep(num_patches: int, current: int, keep_rate: float | list[float], stage: int, clc: bool,
                     fixed: bool = False) -> int:
     """DynamicViT eval keep count: ``int(P * kr**(s+1))`` (base) or ``int((S - 1) * kr)`` with CLC,
-    ``S`` the current non-CLS count (faithful reference off-by-one). ``fixed``: the base rule, >= 1."""
+    ``S`` the current non-CLS count (faithful reference off-by-one). ``fixed``: the base rule, >= 1.
+    A list ``keep_rate`` gives ``kr ** (s + 1)`` (base) and ``kr`` (CLC) at stage ``s`` alike."""
     if fixed or not clc:
         return absolute_target(num_patches, keep_rate, stage, fixed)
-    return int((current - 1) * keep_rate)
+    return int((current - 1) * stage_rate(keep_rate, stage))
 
 
-def ats_budget(num_patches: int, keep_rate: float, stage: int) -> int:
-    """ATS sample budget ``K = int(kr ** (s + 1) * P) + 1``."""
-    return int(keep_rate ** (stage + 1) * num_patches) + 1
+def ats_budget(num_patches: int, keep_rate: float | list[float], stage: int) -> int:
+    """ATS sample budget ``K = int(kr ** (s + 1) * P) + 1`` (a list: entry ``s`` replaces ``kr ** (s + 1)``)."""
+    return int(cumulative_rate(keep_rate, stage) * num_patches) + 1
 
 
 def ats_quantiles(k: int, fixed: bool = False, device=None) -> torch.Tensor:
@@ -57,17 +109,19 @@ def ats_quantiles(k: int, fixed: bool = False, device=None) -> torch.Tensor:
     return torch.arange(1 / (2 * k), (2 * k - 1) / (2 * k), 1 / k, dtype=torch.float32, device=device)
 
 
-def dpc_target(num_patches: int, keep_rate: float, stage: int, last: bool) -> int:
-    """DPC-KNN clusters: ``int(P * kr ** (s + 1))``, at least 5 on non-last stages, at least 1 on the last."""
-    k = int(num_patches * keep_rate ** (stage + 1))
+def dpc_target(num_patches: int, keep_rate: float | list[float], stage: int, last: bool) -> int:
+    """DPC-KNN clusters: ``int(P * kr ** (s + 1))``, at least 5 on non-last stages, at least 1 on the last
+    (a list: entry ``s`` replaces ``kr ** (s + 1)``)."""
+    k = int(num_patches * cumulative_rate(keep_rate, stage))
     if not last and k <= 5:
         return 5
     return max(k, 1)
 
 
-def tome_schedule(num_patches: int, keep_rate: float, n_stages: int) -> list[int]:
-    """ToMe nominal merges per stage: ``r_s = t_{s-1} - t_s``, ``t_s = int(P * kr ** (s + 1))``, ``t_{-1} = P``."""
-    t = [num_patches] + [int(num_patches * keep_rate ** (s + 1)) for s in range(n_stages)]
+def tome_schedule(num_patches: int, keep_rate: float | list[float], n_stages: int) -> list[int]:
+    """ToMe nominal merges per stage: ``r_s = t_{s-1} - t_s``, ``t_s = int(P * kr ** (s + 1))``, ``t_{-1} = P``
+    (a list: entry ``s`` replaces ``kr ** (s + 1)``)."""
+    t = [num_patches] + [int(num_patches * cumulative_rate(keep_rate, s)) for s in range(n_stages)]
     return [t[s] - t[s + 1] for s in range(n_stages)]
 
 
@@ -285,16 +339,19 @@ BEFORE_BLOCK = ("dynamicvit", "sit", "patchmerger", "dpcknn")
 """Methods that reduce before the block (the others reduce inside it)."""
 
 
-def token_schedule(method: str | None, keep_rate: float, num_patches: int, depth: int = 12,
+def token_schedule(method: str | None, keep_rate: float | list[float], num_patches: int, depth: int = 12,
                    locations: tuple[int, ...] = (3, 6, 9), clca: bool = False, num_clr: int = 1,
                    include_gap: bool = True, recover_at_last: bool = True, protect: bool | None = None,
                    fixed: bool = False) -> tuple[list[int], list[int]]:
     """The closed-form token walk of spec ``clca.md`` §7 (eval mode; ATS gives its upper bound).
 
     Returns ``(tokens entering attention per block, tokens entering the MLP per block)``; a test can
-    compare both with :attr:`TokenPath.last_counts`. ``method=None`` (or keep rate 1.0) = no reduction.
+    compare both with :attr:`TokenPath.last_counts`. ``method=None`` (or keep rate 1.0, or a list of
+    1.0) = no reduction. ``keep_rate``: a float or one value per location (see :func:`expand_keep_rate`).
     """
-    active = method is not None and keep_rate != 1.0
+    active = method is not None and not is_disabled(keep_rate)
+    if active and isinstance(keep_rate, (list, tuple)) and len(keep_rate) != len(locations):
+        raise ValueError(f"keep_rate {list(keep_rate)} needs one value per location {list(locations)}.")
     locs = list(locations) if active else []
     clr = num_clr if clca else 0
     protect = (method == "dpcknn") if protect is None else protect
@@ -308,7 +365,7 @@ def token_schedule(method: str | None, keep_rate: float, num_patches: int, depth
             s, m = locs.index(i), n - 1 - prot
             last = s == len(locs) - 1
             if method in ("evit", "topk"):
-                k = min(m, evit_keep(m + 1, keep_rate))
+                k = min(m, evit_keep(m + 1, stage_rate(keep_rate, s)))
                 if k < m:
                     n = 1 + k + (method == "evit") + prot
             elif method == "tome":

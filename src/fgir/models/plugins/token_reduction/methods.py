@@ -57,7 +57,7 @@ class EViT(Reducer):
 
     def _k(self, n: int, ctx: ReduceCtx) -> int:
         m = n - ctx.num_prefix - ctx.state.protected
-        return min(m, core.evit_keep(m + 1, self.keep_rate))
+        return min(m, core.evit_keep(m + 1, core.stage_rate(self.keep_rate, ctx.stage)))
 
     def skip(self, n: int, ctx: ReduceCtx) -> bool:
         return self._k(n, ctx) >= n - ctx.num_prefix - ctx.state.protected
@@ -203,7 +203,8 @@ class DynamicViT(Reducer):
         _init_linear(self.predictors)
 
     def targets(self) -> list[float]:
-        return [self.keep_rate ** (s + 1) for s in range(len(self.locations))]
+        """Ratio-loss targets: ``kr ** (s + 1)`` per location (a keep-rate list gives them directly)."""
+        return [core.cumulative_rate(self.keep_rate, s) for s in range(len(self.locations))]
 
     def init_state(self, state: TokenState, x: torch.Tensor, num_prefix: int) -> None:
         state.prev_decision = x.new_ones(x.shape[0], x.shape[1] - num_prefix, 1)
@@ -284,7 +285,7 @@ class SiT(_Pooling):
     def __init__(self, locations, keep_rate, fixed, dim: int, num_patches: int):
         super().__init__(locations, keep_rate, fixed)
         self.num_patches = num_patches
-        self.slims = nn.ModuleList(TokenSlimming(dim, core.absolute_target(num_patches, keep_rate, s, fixed))
+        self.slims = nn.ModuleList(TokenSlimming(dim, core.absolute_target(num_patches, self.keep_rate, s, fixed))
                                    for s in range(len(locations)))
         _init_linear(self.slims)
 
@@ -301,7 +302,7 @@ class PatchMerger(_Pooling):
     def __init__(self, locations, keep_rate, fixed, dim: int, num_patches: int):
         super().__init__(locations, keep_rate, fixed)
         self.num_patches = num_patches
-        ks = [core.absolute_target(num_patches, keep_rate, s, fixed) for s in range(len(locations))]
+        ks = [core.absolute_target(num_patches, self.keep_rate, s, fixed) for s in range(len(locations))]
         self.queries = nn.ParameterList(nn.Parameter(torch.randn(k, dim)) for k in ks)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in ks)
 

@@ -68,10 +68,16 @@ class Reducer(nn.Module):
     needs_attention = True
     protect_default = False
 
-    def __init__(self, locations: list[int], keep_rate: float, fixed: bool):
+    def __init__(self, locations: list[int], keep_rate: float | list[float], fixed: bool):
         super().__init__()
         self.locations = list(locations)
-        self.keep_rate = float(keep_rate)
+        if isinstance(keep_rate, (list, tuple)):  # one value per location (core.expand_keep_rate)
+            if len(keep_rate) != len(self.locations):
+                raise ValueError(f"{type(self).__name__}: keep_rate {list(keep_rate)} needs one value per location "
+                                 f"{self.locations}.")
+            self.keep_rate: float | list[float] = [float(v) for v in keep_rate]
+        else:
+            self.keep_rate = float(keep_rate)
         self.fixed = bool(fixed)
 
     def skip(self, n: int, ctx: ReduceCtx) -> bool:
