@@ -82,3 +82,19 @@ def test_aug_group_defaults_to_per_image_and_must_be_positive():
 def test_run_name_must_be_a_plain_folder_name(name):
     with pytest.raises(ConfigError, match="run.name=.*plain folder name"):
         load_config([], [f"run.name={name!r}" if name.startswith(" ") else f"run.name={name}"])
+
+
+def test_override_indexes_into_a_list_set_by_an_earlier_override():
+    cfg = load_config([], ["model.name=vit_tiny_patch16_224",
+                           "model.plugins=[{name: token_reduction, method: evit}]", "model.plugins.0.keep_rate=0.3"])
+    assert cfg.model.plugins[0].keep_rate == 0.3
+
+
+@pytest.mark.parametrize("items, message", [
+    (["model.plugins=[{name: cal}]", "model.plugins.1.num_maps=4"], "'1' is not the index"),
+    (["model.plugins=[{name: cal}]", "model.plugins.x=4"], "'x' is not an index of the 1-entry list"),
+    (["optim.lr=1", "optim.lr.x=2"], "optim.lr was set to 1 earlier in the overrides, which has no key 'x'"),
+])
+def test_override_into_an_earlier_non_dict_value_is_a_config_error(items, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides(items)

@@ -801,11 +801,31 @@ def parse_overrides(items: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        node = out
+        node: Any = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[:i])
+            if isinstance(node, list):  # an earlier override set a list: index into it
+                if not part.isdigit() or int(part) >= len(node) or not isinstance(node[int(part)], dict):
+                    raise ConfigError(f"Override '{item}': {where} was set to a list of {len(node)} entries "
+                                      f"earlier in the overrides; '{part}' is not the index of one of its entries.")
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"Override '{item}': {where} was set to {node!r} earlier in the overrides, "
+                                  f"which has no key '{part}'.")
+        if isinstance(node, list):
+            last = parts[-1]
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"Override '{item}': '{last}' is not an index of the {len(node)}-entry list "
+                                  f"set earlier in the overrides.")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise ConfigError(f"Override '{item}': {'.'.join(parts[:-1])} was set to {node!r} earlier in the "
+                              f"overrides, which has no key '{parts[-1]}'.")
     return out
 
 
