@@ -11,7 +11,7 @@ import torch
 from test_token_reduction import BACKBONES, counts, narrow, plug, tiny, tr
 from torch.testing import assert_close
 
-from fgir.config import load_config
+from fgir.config import ConfigError, load_config
 from fgir.models.plugins.clca import clca_recovery, flush_sizes
 from fgir.models.plugins.clca.heads import CLAHead, IFAHead, cla_param_count, ifa_param_count
 from fgir.models.plugins.token_reduction import METHODS
@@ -273,3 +273,281 @@ def test_item32_ufgir_catalog_counts(name, k, train_val, test, train, val):
     assert s.num_classes == k
     c = s.counts
     assert (c["train_val"], c["test"], c["train"], c["val"]) == (train_val, test, train, val)
+
+
+# ----------------------------------------------------------------------------- clr_readout (spec §15 item 5)
+# Every reduction block is also a recovery block, and a non-empty flush resets the tracked index to the
+# re-injected carrier, so the tracked and positional read-outs differ only after a reduction followed by an
+# empty flush: a reduction at block 0. The cases below reduce at blocks 0 and 2 of a 4-block tiny ViT
+# (16 patches, D = 64, 2 heads) with the CLR reducible, and read block 0's push.
+_D = 64
+_V = torch.tensor([1.0, -1.0] * 32) / 8              # centred unit vector, half its norm in each head
+_W = torch.tensor([1.0, 1.0, -1.0, -1.0] * 16) / 8   # centred unit vector, orthogonal to _V in each head
+
+
+def _tracked_model(method: str, img: int = 64, readout: str = "tracked", clca: str = ""):
+    """Reduction at [0, 2], CLR reducible, weights set so each method's decision about the CLR is known.
+
+    The CLR is 10 V + 3 W (LayerNorm: alignment 80 / sqrt(109) = 7.66 with V). The patch embedding
+    maps channel 0's mean to 100 V (a lit patch aligns 8 with V; a dark one is its position row,
+    alignment ~ N(0, 1)). Block 0's queries are 20 V and its keys the normalised tokens, so the CLS
+    attends most to lit patches, then the CLR, then dark patches (EViT, Top-K, ATS), and the ToMe
+    metric pairs the CLR with a lit patch (cosine 0.96). DynamicViT's keep score, SiT's first slim
+    token and PatchMerger's first query rise with the same alignment. For DPC-KNN the CLR is a far,
+    sparse point: the second cluster centre.
+    """
+    torch.manual_seed(0)
+    m = plug(tiny("vit", img), tr(method, 0.5, "[0, 2]"),
+             f"{{name: clca, clr_readout: {readout}, protect_cache: 'off'{clca}}}")
+    red = m.token_path.reducer
+    with torch.no_grad():
+        m.clr.copy_((10 * _V + 3 * _W).view(1, 1, _D))
+        m.clr_pos.zero_()
+        pe = m.patch_embed.proj
+        pe.weight.zero_()
+        pe.weight[:, 0] = _V.view(_D, 1, 1) * 100 / 256
+        pe.bias.zero_()
+        qkv = m.blocks[0].attn.qkv
+        qkv.weight[:2 * _D] = torch.cat([torch.zeros(_D, _D), torch.eye(_D)])
+        qkv.bias[:2 * _D] = torch.cat([20 * _V, torch.zeros(_D)])
+        if method == "dynamicvit":
+            p = red.predictors[0]
+            lins = (p.in_conv[1], p.out_conv[0], p.out_conv[2], p.out_conv[4])
+            for lin in lins:
+                lin.weight.zero_()
+                lin.bias.zero_()
+            p.in_conv[1].weight[0] = _V / 2      # local feature 0 = GELU(alignment / 2) -> keep logit
+            for lin in lins[1:]:
+                lin.weight[0, 0] = 1
+        elif method == "sit":
+            slim = red.slims[0].mlp
+            for lin in (slim[1], slim[3]):
+                lin.weight.zero_()
+                lin.bias.zero_()
+            slim[1].weight[0] = 5 * _V           # slim token 0 pools by GELU(5 * alignment), the others uniformly
+            slim[3].weight[0, 0] = 1
+        elif method == "patchmerger":
+            red.queries[0].zero_()
+            red.queries[0][0] = 20 * _V
+    return m
+
+
+def _images(*lit, img: int = 64) -> torch.Tensor:
+    """One image per entry: channel 0 is 1 on the listed patches (``"all"``: every patch), 0 elsewhere."""
+    g = img // 16
+    out = torch.zeros(len(lit), 3, img, img)
+    for b, patches in enumerate(lit):
+        for j in range(g * g) if patches == "all" else patches:
+            r, c = divmod(j, g)
+            out[b, 0, 16 * r:16 * r + 16, 16 * c:16 * c + 16] = 1
+    return out
+
+
+def _block0_push(m, x):
+    """One forward: (the sequence after block 0, the tracked index and the CLR carrier of block 0's push)."""
+    seen = {}
+    hook = m.blocks[1].norm1.register_forward_pre_hook(lambda mod, a: seen.setdefault("x", a[0]))
+    m.token_path.record = True
+    try:
+        torch.manual_seed(1)  # DPC-KNN's density noise
+        m(x)
+    finally:
+        hook.remove()
+    path = m.token_path
+    (block, idx), (cblock, carriers) = path.last_clr_index[0], path.last_cache[0]
+    assert block == cblock == 0
+    return seen["x"], idx, carriers[:, -1]
+
+
+def _read(x1: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The token each sample's tracked index points at (the last token where it is -1)."""
+    i = torch.where(idx[:, 0] >= 0, idx[:, 0], x1.shape[1] - 1)
+    return x1[torch.arange(x1.shape[0]), i]
+
+
+MOVES = {  # method -> (image size, lit patches per sample, tracked index per sample after block 0)
+    "evit": (64, [[]], [1]),          # the CLR has the top CLS attention: first of the kept tokens
+    "topk": (64, [[]], [1]),
+    "tome": (48, [[0]], [1]),         # 9 patches: the CLR (index 10) is in set A and merges into lit patch 0 (B0)
+    "ats": (64, [[], "all"], [2, -1]),  # sampled: [CLS, one patch, CLR, 6 paddings]; not sampled next to lit patches
+    "dynamicvit": (64, [[]], [1]),    # the top keep score
+    "sit": (64, [[]], [1]),           # slim token 0
+    "patchmerger": (64, [[]], [1]),   # query 0
+    "dpcknn": (64, [[]], [2]),        # cluster 1: its own (the densest dark patch is centre 0)
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tracked_clr_moves_and_its_token_is_cached(method):
+    img, lit, expect = MOVES[method]
+    m = _tracked_model(method, img)
+    with torch.no_grad():
+        x1, idx, carrier = _block0_push(m, _images(*lit, img=img))
+    assert idx[:, 0].tolist() == expect
+    kept = idx[:, 0] >= 0
+    assert (idx[kept, 0] < x1.shape[1] - 1).all()  # not the last token: the positional read-out differs
+    assert_close(carrier, _read(x1, idx), atol=0, rtol=0)
+    assert not torch.equal(carrier[kept], x1[kept, -1])
+
+
+@pytest.mark.parametrize("method, lit, expect", [
+    ("evit", [[], [0, 5, 9]], [1, 4]),        # three lit patches outrank the CLR in the second image
+    ("topk", [[], [0, 5, 9]], [1, 4]),
+    ("dynamicvit", [[], [0, 5, 9]], [1, 4]),
+    ("ats", [[], "all"], [2, -1]),
+])
+def test_tracked_clr_differs_per_sample(method, lit, expect):
+    m = _tracked_model(method)
+    with torch.no_grad():
+        x1, idx, carrier = _block0_push(m, _images(*lit))
+    assert idx[:, 0].tolist() == expect
+    assert_close(carrier, _read(x1, idx), atol=0, rtol=0)
+
+
+def test_tracked_clr_follows_tome_merge_per_sample():
+    m = _tracked_model("tome", 48)
+    with torch.no_grad():
+        x1, idx, carrier = _block0_push(m, _images([0], [2], img=48))  # lit B0 / B1: the CLR merges into it
+    assert idx[:, 0].tolist() == [1, 2]
+    assert_close(carrier, _read(x1, idx), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["topk", "dynamicvit"])
+def test_dropped_clr_falls_back_to_the_positional_token(method):
+    m = _tracked_model(method)
+    with torch.no_grad():
+        x1, idx, carrier = _block0_push(m, _images("all"))  # 16 lit patches outrank the CLR: not kept
+    assert idx[:, 0].tolist() == [-1]
+    assert_close(carrier, x1[:, -1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("sign, expect", [(1, 17), (-1, -1)])
+def test_dynamicvit_training_keeps_the_clr_in_place_or_drops_it_when_masked(sign, expect):
+    m = _tracked_model("dynamicvit").train()
+    with torch.no_grad():
+        m.token_path.reducer.predictors[0].out_conv[4].weight[0, 0] = 20 * sign  # CLR keep logit +-77: no Gumbel flip
+        x1, idx, carrier = _block0_push(m, _images([], []))
+    assert x1.shape[1] == 18 and idx[:, 0].tolist() == [expect] * 2  # masks only: the CLR stays last
+    assert_close(carrier, x1[:, -1], atol=0, rtol=0)
+
+
+def test_tracked_index_resets_to_the_reinjected_carrier_after_a_flush():
+    m = _tracked_model("evit")
+    with torch.no_grad():
+        x1, idx, _ = _block0_push(m, _images([]))
+    # block 0's flush is empty (index 1 stays); block 1 reads the same token; block 2's flush resets
+    log = m.token_path.last_clr_index
+    assert [b for b, _ in log] == [0, 1] and log[1][1].tolist() == [[1]]
+    m2 = plug(tiny("vit"), tr("evit", 0.5, "[1, 2]"), "{name: clca, clr_readout: tracked}")
+    counts(m2, 64, batch=2)
+    n1 = m2.token_path.last_counts[2][0]  # tokens after block 1 and its flush
+    assert [t.tolist() for _, t in m2.token_path.last_clr_index] == [[[17], [17]], [[n1 - 1], [n1 - 1]]]
+
+
+def _pair(entries: list[str], x: torch.Tensor, train: bool = False):
+    """Logits, cache pushes and token counts of the same weights with the positional and the tracked
+    read-out, on a 6-block tiny ViT (groups [0, 2]: recoveries at blocks 0 (empty), 2 and 4, so pushes
+    after blocks 0-3 read before and after a non-empty flush)."""
+    out = []
+    for readout in ("positional", "tracked"):
+        torch.manual_seed(0)
+        *rest, last = entries
+        m = plug(tiny("vit", depth=6), *rest, last[:-1] + f", clr_readout: {readout}}}").train(train)
+        m.token_path.record = True
+        torch.manual_seed(1)
+        with torch.no_grad():
+            logits = m(x)
+        out.append((logits, [c for _, c in m.token_path.last_cache], m.token_path.last_counts))
+    return out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_tracked_equals_positional_without_reduction(train):
+    x = torch.rand(3, 3, 64, 64)
+    (a, ca, na), (b, cb, nb) = _pair(["{name: clca, locations: [0, 2]}"], x, train)
+    assert_close(b, a, atol=0, rtol=0)
+    assert na == nb and len(ca) == len(cb) == 4
+    for u, v in zip(ca, cb):
+        assert_close(v, u, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tracked_equals_positional_when_the_cache_is_protected(method):
+    x = torch.rand(3, 3, 64, 64)
+    (a, ca, na), (b, cb, nb) = _pair([tr(method, 0.5, "[0, 2]"), "{name: clca, mode: fixed}"], x)
+    assert_close(b, a, atol=0, rtol=0)
+    assert na == nb and len(ca) == len(cb) == 4
+    for u, v in zip(ca, cb):
+        assert_close(v, u, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tracked_keeps_token_counts(method):
+    x = torch.rand(2, 3, 64, 64)
+    (_, _, na), (_, _, nb) = _pair([tr(method, 0.5, "[0, 2]"), "{name: clca, protect_cache: 'off'}"], x)
+    assert na == nb
+
+
+@pytest.mark.parametrize("method", ["evit", "tome", "dynamicvit", "sit"])
+def test_tracked_keeps_macs(method):
+    from fgir.benchmarks.flops import count_macs
+
+    macs = [count_macs(_tracked_model(method, readout=r), 64) for r in ("positional", "tracked")]
+    assert macs[0] == macs[1] > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tracked_readout_passes_gradient_to_clr(method):
+    m = _tracked_model(method).train()
+    torch.manual_seed(1)
+    x = _images([], [0, 5, 9])
+    m.token_path.record = True
+    m(x).logsumexp(-1).sum().backward(retain_graph=True)
+    assert m.clr.grad is not None and torch.isfinite(m.clr.grad).all() and m.clr.grad.abs().sum() > 0
+    carrier = m.token_path.last_cache[0][1][:, -1]  # block 0's tracked CLR carrier, still in the graph
+    g = torch.autograd.grad(carrier.sum(), m.clr)[0]
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_tracked_carrier_gradient_is_the_tracked_tokens():
+    m = _tracked_model("evit").train()
+    seen = {}
+    m.blocks[1].norm1.register_forward_pre_hook(lambda mod, a: seen.setdefault("x", a[0]))
+    m.token_path.record = True
+    m(_images([], []))
+    carrier = m.token_path.last_cache[0][1][:, -1]
+    assert m.token_path.last_clr_index[0][1].tolist() == [[1], [1]]
+    g_carrier = torch.autograd.grad(carrier.sum(), m.clr, retain_graph=True)[0]
+    g_token = torch.autograd.grad(seen["x"][:, 1].sum(), m.clr, retain_graph=True)[0]
+    g_last = torch.autograd.grad(seen["x"][:, -1].sum(), m.clr)[0]
+    assert_close(g_carrier, g_token, atol=0, rtol=0)
+    assert not torch.equal(g_carrier, g_last)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tracked_eval_is_deterministic(method):
+    m = _tracked_model(method)
+    x = _images([], [0, 5, 9])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            runs.append((m(x), [t.clone() for _, t in m.token_path.last_clr_index]))
+    assert_close(runs[1][0], runs[0][0], atol=0, rtol=0)
+    assert all(torch.equal(u, v) for u, v in zip(runs[0][1], runs[1][1]))
+
+
+def test_bad_clr_readout_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model\.plugins\[1\]\.clr_readout='sideways' is not allowed"):
+        load_config(overrides=["model.plugins=[{name: token_reduction}, {name: clca, clr_readout: sideways}]"])
+
+
+def test_tracked_needs_a_cached_clr():
+    with pytest.raises(ConfigError, match=r"model\.plugins\[0\].*clr_readout=tracked needs cache=true and num_clr"):
+        load_config(overrides=["model.plugins=[{name: clca, num_clr: 0, clr_readout: tracked}]"])
+
+
+@pytest.mark.parametrize("mode, readout", [("faithful", "tracked"), ("fixed", "positional"), ("fixed", "auto")])
+def test_clr_readout_combinations_are_allowed(mode, readout):
+    m = plug(tiny("vit"), tr("evit", 0.5), f"{{name: clca, mode: {mode}, clr_readout: {readout}}}")
+    assert m.token_path.clr_readout == ("tracked" if readout == "tracked" else "positional")

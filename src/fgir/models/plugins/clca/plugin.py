@@ -21,6 +21,36 @@ method except DPC-KNN reduce the CLR and cache tokens; the reference's no-TR mod
 (``protect_cache``), so the last token is always the CLR's descendant (a tracked read-out), and
 never decays the CLR. In both modes the stale 1000-class head is not kept, empty flushes are
 skipped and ToMe sizes are extended only once they exist (spec §15 items 9, 10, 19).
+
+``clr_readout`` (spec §15 item 5) picks the CLR carrier each cache push reads. ``positional`` (what
+``auto`` means in both modes, so every count and output is the reference's) reads the last
+``num_clr`` tokens. ``tracked`` (allowed in both modes; in faithful mode a deliberate deviation)
+carries, per sample, the index of the token descended from each CLR through every reduction, using
+the reducer's own assignment map (built only while tracking or ``record`` is on), pushes that token
+(a per-sample gather, so the gradient reaches ``clr`` through it) and, after every non-empty flush,
+resets the index to the re-injected CLR carriers (the last ``num_clr`` tokens: the latest cached
+copies). "Descended" per method:
+
+* EViT: kept -> its new index (CLS-attention order); not kept -> the fused token (the only output
+  that receives it). Top-K: kept -> its new index; not kept -> dropped.
+* ToMe: unmerged -> its new index; merged -> its destination token (the only one it goes into).
+* ATS: sampled -> its index among the sampled tokens (ascending, padding after); not sampled ->
+  dropped.
+* DynamicViT, eval: kept -> its new index (keep-score order); not kept -> dropped. Training
+  (masks, no gather): the index never moves; a masked-out CLR (hard decision 0) counts as dropped.
+* SiT / PatchMerger (soft pooling): the output in which it has the largest weight (argmax over
+  outputs of its weight column; the first on ties); dropped when a stage keeps 0 tokens.
+* DPC-KNN: its cluster (hard assignment), or its own index when the suffix is protected.
+
+Dropped (no descendant): the index becomes -1 and the push reads the positional token (the last
+``num_clr`` tokens, as in faithful mode) until the next flush resets it. Several CLRs can end in
+the same token (it is then read twice). Tracked equals positional exactly without reduction and
+with the suffix protected (``protect_cache``, DPC-KNN's default, fixed mode). Because every
+reduction block is also a recovery block and its flush resets the index before the push, the two
+read-outs differ only where a reduction is followed by an empty flush: a reduction at block 0 (the
+cache is still empty there) with the CLR reducible; from the first non-empty flush on, both read
+the re-injected carrier. Token counts and MACs are the same (only the token read changes);
+``TokenPath.last_clr_index`` holds the tracked index at each push (-1: the positional token was read).
 """
 
 from __future__ import annotations
@@ -68,11 +98,16 @@ class CLCAConfig(PluginConfig):
     """Blocks whose CLS feeds the head; empty = locations + the last block."""
     protect_cache: str = "auto"
     """Keep the CLR and cache tokens out of reduction: auto (faithful: DPC-KNN only; fixed: always), on or off."""
+    clr_readout: str = "auto"
+    """CLR carrier each cache push reads: auto (= positional), positional (last num_clr tokens) or tracked (the CLR's descendant)."""  # noqa: E501
 
     def validate(self, cfg: Config, key: str) -> None:
         check_choice(f"{key}.mode", self.mode, ["faithful", "fixed"])
         check_choice(f"{key}.head", self.head, ["cla", "ifa", "linear"])
         check_choice(f"{key}.protect_cache", self.protect_cache, ["auto", "on", "off"])
+        check_choice(f"{key}.clr_readout", self.clr_readout, ["auto", "positional", "tracked"])
+        if self.clr_readout == "tracked" and not (self.cache and self.num_clr > 0):
+            raise ConfigError(f"{key}: clr_readout=tracked needs cache=true and num_clr > 0 (no CLR carrier to read).")
         if self.num_clr < 0:
             raise ConfigError(f"{key}.num_clr must be >= 0, got {self.num_clr}.")
         if self.cla_kernels < 1:
@@ -129,6 +164,7 @@ def apply_clca(model: nn.Module, cfg: CLCAConfig) -> nn.Module:
     path.num_clr = int(cfg.num_clr)
     path.recovery = clca_recovery(locs, depth, cfg.recover_at_last) if cfg.cache else []
     path.protect_cache = {"on": True, "off": False}.get(cfg.protect_cache, True if cfg.mode == "fixed" else None)
+    path.clr_readout = "tracked" if cfg.clr_readout == "tracked" else "positional"
     if cfg.num_clr:
         # a copy of the (pretrained) CLS token; class-token-free backbones copy their first register
         src = model.cls_token if has_cls else getattr(model, "reg_token", None)

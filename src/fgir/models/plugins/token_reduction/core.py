@@ -12,8 +12,9 @@ rules: DynamicViT base, ATS, SiT, PatchMerger, DPC-KNN, ToMe's ``t_s``); a list 
 per-stage values directly (entry ``s`` replaces ``kr`` or ``kr ** (s + 1)``), so for an absolute
 method ``[0.5, 0.25, 0.125]`` equals ``0.5``, and for EViT ``[0.5, 0.5, 0.5]`` does.
 
-Assignment maps (``assign``, optional outputs used by ``fgir viz tokens``) map every input
-candidate token to the index of the output candidate it went into, or -1 when it was dropped.
+Assignment maps (``assign``, optional outputs used by ``fgir viz tokens`` and by the clca plug-in's
+tracked CLR read-out) map every input candidate token to the index of the output candidate it went
+into, or -1 when it was dropped.
 """
 
 from __future__ import annotations
@@ -329,7 +330,8 @@ def merge_clusters(x: torch.Tensor, idx: torch.Tensor, n_clusters: int, weight: 
 
 
 def soft_assign(weights: torch.Tensor) -> torch.Tensor:
-    """Assignment map of a soft pooling (``B x M x K`` weights): each input to its largest weight."""
+    """Assignment map of a soft pooling (``B x M x K`` weights): each input to the output in which it has
+    the largest weight (the first on ties; -1 when there are no outputs)."""
     return weights.argmax(-1) if weights.shape[-1] else torch.full(weights.shape[:2], -1, dtype=torch.long,
                                                                     device=weights.device)
 

@@ -3,6 +3,14 @@
 Each reducer reduces the *candidate* tokens ``x[:, prefix : N - protected]``: the prefix (CLS,
 registers) is always kept in front and the protected suffix (DPC-KNN's CLR and cache tokens, or
 every method's with ``clca.protect_cache``) is kept at the end.
+
+Assignment maps: when ``ctx.want_assign`` (``record`` on, or the clca CLR read-out is ``tracked``)
+each reducer also builds the map "input candidate -> output candidate index, -1 dropped" from the
+indices it already computed and hands it to :func:`_emit`, which stores it (``record``) and moves the
+tracked CLR index (:meth:`~.path.TokenState.follow`); with both off no map is built. The map of a
+merge or a soft pooling sends a token to the one output that received it: EViT's dropped tokens to
+the fused token, a ToMe source to its destination, a DPC-KNN token to its cluster, a SiT /
+PatchMerger token to the output in which it has the largest weight; Top-K / DynamicViT / ATS drop.
 """
 
 from __future__ import annotations
@@ -26,17 +34,25 @@ def _split(x: torch.Tensor, ctx: ReduceCtx):
     return x[:, :p], x[:, p:n - s], x[:, n - s:]
 
 
-def _record(ctx: ReduceCtx, n_in: int, n_cand: int, cand_assign: torch.Tensor, n_out_cand: int, kind: str) -> None:
-    """Store the full-sequence assignment map (input token -> output index, -1 dropped)."""
-    if not ctx.record:
+def _emit(ctx: ReduceCtx, n_in: int, cand_assign: torch.Tensor, n_out_cand: int, kind: str,
+          record: bool = True) -> None:
+    """Build the full-sequence assignment map (input token -> output index, -1 dropped) from the
+    candidate map; store it when ``record`` is on (and ``record`` here) and move the tracked CLR."""
+    st = ctx.state
+    keep = ctx.record and record
+    if not keep and st.clr is None:
         return
-    b, p, s = cand_assign.shape[0], ctx.num_prefix, ctx.state.protected
+    b, p, s = cand_assign.shape[0], ctx.num_prefix, st.protected
     dev = cand_assign.device
     pre = torch.arange(p, device=dev).expand(b, -1)
     cand = torch.where(cand_assign >= 0, cand_assign + p, cand_assign)
     suf = (p + n_out_cand + torch.arange(s, device=dev)).expand(b, -1)
-    ctx.state.assign.append({"block": ctx.block, "stage": ctx.stage, "kind": kind, "n_in": n_in,
-                             "assign": torch.cat([pre, cand, suf], dim=1).detach().cpu()})
+    full = torch.cat([pre, cand, suf], dim=1)
+    if keep:
+        st.assign.append({"block": ctx.block, "stage": ctx.stage, "kind": kind, "n_in": n_in,
+                          "assign": full.detach().cpu()})
+    if st.clr is not None:
+        st.follow(full)
 
 
 def _init_linear(m: nn.Module) -> None:
@@ -67,10 +83,10 @@ class EViT(Reducer):
         pre, cand, suf = _split(x, ctx)
         k = self._k(n, ctx)
         scores = core.class_attention(ctx.attn, ctx.num_prefix, ctx.num_prefix, n - ctx.state.protected)
-        out = core.evit_reduce(cand, scores, k, fuse=self.fuse, record=ctx.record)
-        if ctx.record:
+        out = core.evit_reduce(cand, scores, k, fuse=self.fuse, record=ctx.want_assign)
+        if ctx.want_assign:
             out, assign = out
-            _record(ctx, n, cand.shape[1], assign, out.shape[1], self.method)
+            _emit(ctx, n, assign, out.shape[1], self.method)
         return torch.cat([pre, out, suf], dim=1)
 
 
@@ -105,13 +121,13 @@ class ToMe(Reducer):
         prot = torch.zeros(n - s, dtype=torch.bool, device=x.device)
         prot[:ctx.num_prefix] = True
         unm, src, dst = core.bipartite_soft_matching(metric, r, prot)
-        out = core.merge_wavg(main, sizes[:, :n - s], unm, src, dst, record=ctx.record)
-        if ctx.record:
+        out = core.merge_wavg(main, sizes[:, :n - s], unm, src, dst, record=ctx.want_assign)
+        if ctx.want_assign:
             y, new_sizes, assign = out
-            # merge_wavg's assignment covers prefix + candidates; express it over candidates for _record
+            # merge_wavg's assignment covers prefix + candidates; express it over candidates for _emit
             p = ctx.num_prefix
             cand = assign[:, p:] - p
-            _record(ctx, n, n - s - p, cand, y.shape[1] - p, self.method)
+            _emit(ctx, n, cand, y.shape[1] - p, self.method)
         else:
             y, new_sizes = out
         st.sizes = torch.cat([new_sizes, sizes[:, n - s:]], dim=1)
@@ -152,12 +168,12 @@ class ATS(Reducer):
         mask = torch.cat([torch.ones(b, p, dtype=torch.bool, device=dev), sampled != 0,
                           torch.ones(b, n - stop, dtype=torch.bool, device=dev)], dim=1)
         st.mask = mask
-        if ctx.record:
+        if ctx.want_assign:
             cand = torch.full((b, stop - p + 1), -1, dtype=torch.long, device=dev)  # last column: padding dump
             pos = torch.arange(sampled.shape[1], device=dev).expand(b, -1)
             cand.scatter_(1, torch.where(sampled != 0, sampled - p, stop - p), pos)
             cand = cand[:, :-1]
-            _record(ctx, n, stop - p, cand, sampled.shape[1], self.method)
+            _emit(ctx, n, cand, sampled.shape[1], self.method)
         return ids
 
     def extend_state(self, state: TokenState, f: int, batch: int, device) -> None:
@@ -219,6 +235,9 @@ class DynamicViT(Reducer):
         if self.training:
             keep = F.gumbel_softmax(scores, hard=True)[:, :, 0:1] * prev
             st.decisions.append(keep)
+            if st.clr is not None:  # tokens stay in place; a masked-out token counts as dropped
+                pos = torch.arange(m, device=x.device).expand(x.shape[0], -1)
+                _emit(ctx, n, torch.where(keep[..., 0] > 0, pos, -1), m, self.method, record=False)
             st.prev_decision = torch.cat([keep, st.prev_decision[:, m:]], dim=1)
             st.policy = torch.cat([x.new_ones(x.shape[0], p, 1), st.prev_decision], dim=1)
             return x
@@ -226,10 +245,10 @@ class DynamicViT(Reducer):
         k = max(0, min(k, m))
         idx = torch.argsort(scores[:, :, 0], dim=1, descending=True)[:, :k]
         st.prev_decision = torch.cat([prev.gather(1, idx[..., None]), st.prev_decision[:, m:]], dim=1)
-        if ctx.record:
+        if ctx.want_assign:
             assign = torch.full((x.shape[0], m), -1, dtype=torch.long, device=x.device)
             assign.scatter_(1, idx, torch.arange(k, device=x.device).expand(x.shape[0], -1))
-            _record(ctx, n, m, assign, k, self.method)
+            _emit(ctx, n, assign, k, self.method)
         return torch.cat([pre, _gather(cand, idx), suf], dim=1)
 
     def extend_state(self, state: TokenState, f: int, batch: int, device) -> None:
@@ -271,8 +290,8 @@ class _Pooling(Reducer):
         n = x.shape[1]
         pre, cand, suf = _split(x, ctx)
         y, w = self.pool(cand, ctx.stage)
-        if ctx.record:
-            _record(ctx, n, cand.shape[1], core.soft_assign(w), y.shape[1], self.method)
+        if ctx.want_assign:
+            _emit(ctx, n, core.soft_assign(w), y.shape[1], self.method)
         return torch.cat([pre, y, suf], dim=1)
 
 
@@ -333,8 +352,8 @@ class DPCKNN(Reducer):
         w = cand.new_ones(cand.shape[0], m, 1) if self.equal_weight else self.scores[ctx.stage](cand).exp()
         idx = core.dpc_knn_cluster(cand, k, self.k_neighbors)
         y = core.merge_clusters(cand, idx, k, w)
-        if ctx.record:
-            _record(ctx, n, m, idx, k, self.method)
+        if ctx.want_assign:
+            _emit(ctx, n, idx, k, self.method)
         return torch.cat([pre, y, suf], dim=1)
 
 

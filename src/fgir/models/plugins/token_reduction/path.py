@@ -12,6 +12,14 @@ explicit attention (q scaled by hd^-1/2, softmax(q k^T)), numerically the same a
 Side outputs of the last forward live on the path: ``last_counts`` (per block: tokens entering
 attention, tokens entering the MLP), ``last_taps`` (for the CLA/IFA head), ``last_decisions``
 (DynamicViT training masks) and, when ``record`` is on, ``last_assign`` (for ``fgir viz tokens``).
+
+CLR read-out (``clr_readout``, set by the clca plug-in): ``positional`` pushes the last ``num_clr``
+tokens as the CLR carriers (the reference, spec §3.2); ``tracked`` keeps a per-sample index of the
+token descended from each CLR (``TokenState.clr``, ``-1`` once no descendant survived), moved by
+every reduction through the reducer's own assignment map (see :meth:`TokenState.follow`), reset to
+the re-injected carriers (the last ``num_clr`` tokens) after every non-empty flush, and pushes the
+token at that index (gathered per sample; the positional token where the index is ``-1``). The
+indices read at each push are kept in ``last_clr_index``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,13 @@ class TokenState:
         self.decisions: list[torch.Tensor] = []
         self.protected = protected                      # length of the protected suffix
         self.assign: list[dict] = []
+        self.clr: torch.Tensor | None = None            # tracked CLR read-out: B x num_clr indices (-1: none)
+
+    def follow(self, full: torch.Tensor) -> None:
+        """Move the tracked CLR indices through one reduction: ``full`` (``B x N_in``) maps every input
+        token to its output index (-1: dropped); an index already -1 stays -1."""
+        idx = self.clr
+        self.clr = torch.where(idx >= 0, full.gather(1, idx.clamp_min(0)), idx)
 
 
 class ReduceCtx:
@@ -54,6 +69,11 @@ class ReduceCtx:
     @property
     def last(self) -> bool:
         return self.stage == self.n_stages - 1
+
+    @property
+    def want_assign(self) -> bool:
+        """Whether the reducer must produce its assignment map (``record`` on, or the CLR is tracked)."""
+        return self.record or self.state.clr is not None
 
 
 class Reducer(nn.Module):
@@ -185,12 +205,14 @@ class TokenPath(nn.Module):
         self.recovery: list[int] = []
         self.taps: list[int] | None = None
         self.protect_cache: bool | None = None   # None: the reducer's default (DPC-KNN protects)
+        self.clr_readout = "positional"           # or "tracked" (set by the clca plug-in)
         self.record = False
         self.last_counts: list[tuple[int, int]] = []
         self.last_taps: list[torch.Tensor] = []
         self.last_decisions: list[torch.Tensor] = []
         self.last_assign: list[dict] = []
         self.last_cache: list[tuple[int, torch.Tensor]] = []   # (block, carriers) pushed, when record is on
+        self.last_clr_index: list[tuple[int, torch.Tensor]] = []  # (block, B x num_clr tracked index), tracked
 
     @property
     def protect_suffix(self) -> bool:
@@ -209,7 +231,7 @@ class TokenPath(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"locations={self.locations}, cache={self.cache}, num_clr={self.num_clr}, recovery={self.recovery}, "
-                f"taps={self.taps}, protect_suffix={self.protect_suffix}")
+                f"taps={self.taps}, protect_suffix={self.protect_suffix}, clr_readout={self.clr_readout}")
 
     # ------------------------------------------------------------------ embedding
     def embed(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -274,6 +296,10 @@ class TokenPath(nn.Module):
         taps: list[torch.Tensor] = []
         counts: list[tuple[int, int]] = []
         cache_log: list[tuple[int, torch.Tensor]] = []
+        clr_log: list[tuple[int, torch.Tensor]] = []
+        track = cache_on and self.num_clr > 0 and self.clr_readout == "tracked"
+        if track:  # the CLR tokens sit at the end of the initial sequence
+            state.clr = self._last(x)
         for i, blk in enumerate(model.blocks):
             s = stage_of.get(i)
             ctx = None
@@ -298,12 +324,18 @@ class TokenPath(nn.Module):
                         red.extend_state(state, f, x.shape[0], x.device)
                     if self.protect_suffix:
                         state.protected += f
+                    if track:  # the re-injected (latest) CLR carriers are the last num_clr tokens
+                        state.clr = self._last(x)
                 cache = []
             if cache_on and i < last_push:
                 carriers = []
                 if self.include_gap:
                     carriers.append(x[:, start:pool_end].mean(dim=1, keepdim=True))
-                if self.num_clr:
+                if track:
+                    idx = torch.where(state.clr >= 0, state.clr, self._last(x))
+                    carriers.append(_gather(x, idx))
+                    clr_log.append((i, state.clr.detach()))
+                elif self.num_clr:
                     carriers.append(x[:, x.shape[1] - self.num_clr:])
                 cache.append(torch.cat(carriers, dim=1))
                 if self.record:
@@ -312,7 +344,13 @@ class TokenPath(nn.Module):
                 taps.append(self.tap(model, x))
         self.last_counts, self.last_taps = counts, taps
         self.last_decisions, self.last_assign, self.last_cache = state.decisions, state.assign, cache_log
+        self.last_clr_index = clr_log
         return model.norm(x)
+
+    def _last(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x num_clr`` indices of the last ``num_clr`` tokens of ``x`` (the positional CLR carriers)."""
+        n = x.shape[1]
+        return torch.arange(n - self.num_clr, n, device=x.device).expand(x.shape[0], -1)
 
 
 def _forward_features(self: nn.Module, x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False) -> torch.Tensor:
