@@ -276,16 +276,17 @@ def test_item32_ufgir_catalog_counts(name, k, train_val, test, train, val):
 
 
 # ----------------------------------------------------------------------------- clr_readout (spec §15 item 5)
-# Every reduction block is also a recovery block, and a non-empty flush resets the tracked index to the
-# re-injected carrier, so the tracked and positional read-outs differ only after a reduction followed by an
-# empty flush: a reduction at block 0. The cases below reduce at blocks 0 and 2 of a 4-block tiny ViT
-# (16 patches, D = 64, 2 heads) with the CLR reducible, and read block 0's push.
+# Tracked follows the original CLR token (index P + 1 = 17 at the start: 16 patches after the CLS); re-injected
+# cache tokens never become the CLR, and a recovery (appended at the end) does not move the index. So the two
+# read-outs agree before the first non-empty recovery (unless a reduction at block 0 moved the CLR) and differ
+# after it, with or without reduction. The per-method cases below reduce at blocks 0 and 2 of a tiny ViT
+# (16 patches, D = 64, 2 heads) with the CLR reducible, and read block 0's push (the flush there is empty).
 _D = 64
 _V = torch.tensor([1.0, -1.0] * 32) / 8              # centred unit vector, half its norm in each head
 _W = torch.tensor([1.0, 1.0, -1.0, -1.0] * 16) / 8   # centred unit vector, orthogonal to _V in each head
 
 
-def _tracked_model(method: str, img: int = 64, readout: str = "tracked", clca: str = ""):
+def _tracked_model(method: str, img: int = 64, readout: str = "tracked", clca: str = "", depth: int = 4):
     """Reduction at [0, 2], CLR reducible, weights set so each method's decision about the CLR is known.
 
     The CLR is 10 V + 3 W (LayerNorm: alignment 80 / sqrt(109) = 7.66 with V). The patch embedding
@@ -297,7 +298,7 @@ def _tracked_model(method: str, img: int = 64, readout: str = "tracked", clca: s
     sparse point: the second cluster centre.
     """
     torch.manual_seed(0)
-    m = plug(tiny("vit", img), tr(method, 0.5, "[0, 2]"),
+    m = plug(tiny("vit", img, depth=depth), tr(method, 0.5, "[0, 2]"),
              f"{{name: clca, clr_readout: {readout}, protect_cache: 'off'{clca}}}")
     red = m.token_path.reducer
     with torch.no_grad():
@@ -413,12 +414,14 @@ def test_tracked_clr_follows_tome_merge_per_sample():
 
 
 @pytest.mark.parametrize("method", ["topk", "dynamicvit"])
-def test_dropped_clr_falls_back_to_the_positional_token(method):
-    m = _tracked_model(method)
+def test_dropped_clr_falls_back_to_the_positional_token_for_the_rest_of_the_forward(method):
+    m = _tracked_model(method, depth=6)  # pushes after blocks 0-3, a non-empty flush at block 2
     with torch.no_grad():
-        x1, idx, carrier = _block0_push(m, _images("all"))  # 16 lit patches outrank the CLR: not kept
-    assert idx[:, 0].tolist() == [-1]
-    assert_close(carrier, x1[:, -1], atol=0, rtol=0)
+        _, pushes = _pushes(m, _images("all"))  # 16 lit patches outrank the CLR: not kept at block 0
+    assert [pushes[b][1][:, 0].tolist() for b in range(4)] == [[-1]] * 4  # a recovery does not bring it back
+    for b in (0, 2, 3):
+        xb, _, carrier = pushes[b]
+        assert_close(carrier[:, -1], xb[:, -1], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("sign, expect", [(1, 17), (-1, -1)])
@@ -429,19 +432,6 @@ def test_dynamicvit_training_keeps_the_clr_in_place_or_drops_it_when_masked(sign
         x1, idx, carrier = _block0_push(m, _images([], []))
     assert x1.shape[1] == 18 and idx[:, 0].tolist() == [expect] * 2  # masks only: the CLR stays last
     assert_close(carrier, x1[:, -1], atol=0, rtol=0)
-
-
-def test_tracked_index_resets_to_the_reinjected_carrier_after_a_flush():
-    m = _tracked_model("evit")
-    with torch.no_grad():
-        x1, idx, _ = _block0_push(m, _images([]))
-    # block 0's flush is empty (index 1 stays); block 1 reads the same token; block 2's flush resets
-    log = m.token_path.last_clr_index
-    assert [b for b, _ in log] == [0, 1] and log[1][1].tolist() == [[1]]
-    m2 = plug(tiny("vit"), tr("evit", 0.5, "[1, 2]"), "{name: clca, clr_readout: tracked}")
-    counts(m2, 64, batch=2)
-    n1 = m2.token_path.last_counts[2][0]  # tokens after block 1 and its flush
-    assert [t.tolist() for _, t in m2.token_path.last_clr_index] == [[[17], [17]], [[n1 - 1], [n1 - 1]]]
 
 
 def _pair(entries: list[str], x: torch.Tensor, train: bool = False):
@@ -461,24 +451,121 @@ def _pair(entries: list[str], x: torch.Tensor, train: bool = False):
     return out
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_tracked_equals_positional_without_reduction(train):
-    x = torch.rand(3, 3, 64, 64)
-    (a, ca, na), (b, cb, nb) = _pair(["{name: clca, locations: [0, 2]}"], x, train)
-    assert_close(b, a, atol=0, rtol=0)
-    assert na == nb and len(ca) == len(cb) == 4
-    for u, v in zip(ca, cb):
-        assert_close(v, u, atol=0, rtol=0)
+def _pushes(m, x):
+    """One forward with ``record`` on: the logits and, per push block ``b``, (the input of block ``b + 1``'s
+    norm1: the sequence after block ``b`` and its flush unless block ``b + 1`` reduces before it, the tracked
+    index or None, the carriers pushed)."""
+    seen = {}
+    hooks = [blk.norm1.register_forward_pre_hook(lambda mod, a, b=b: seen.setdefault(b - 1, a[0]))
+             for b, blk in enumerate(m.blocks)]
+    m.token_path.record = True
+    try:
+        torch.manual_seed(1)
+        logits = m(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    path = m.token_path
+    idx = dict(path.last_clr_index)
+    return logits, {b: (seen[b], idx.get(b), c) for b, c in path.last_cache}
+
+
+def _plain(readout: str, mode: str = "faithful", reduction: str = ""):
+    torch.manual_seed(0)
+    entries = ([reduction] if reduction else []) + [f"{{name: clca, mode: {mode}, clr_readout: {readout}}}"]
+    return plug(tiny("vit", depth=12), *entries)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "fixed"])
+def test_tracked_reads_the_original_clr_without_reduction(mode):
+    # no reduction, CLC on: R = [3, 6, 9, 10]; the original CLR stays at index P + 1 = 17 and every push reads it
+    x = torch.rand(2, 3, 64, 64)
+    m = _plain("tracked", mode)
+    assert m.token_path.recovery == [3, 6, 9, 10]
+    with torch.no_grad():
+        logits, pushes = _pushes(m, x)
+        pos_logits, pos = _pushes(_plain("positional", mode), x)
+    assert sorted(pushes) == sorted(pos) == list(range(10))
+    for b, (xb, idx, c) in pushes.items():
+        assert idx.tolist() == [[17], [17]]
+        assert_close(c[:, -1], xb[:, 17], atol=0, rtol=0)
+        if b >= 3:  # from the first recovery on the last token is a re-injected cache copy, not the CLR
+            assert xb.shape[1] > 18 and not torch.equal(c[:, -1], xb[:, -1])
+            assert not torch.equal(c[:, -1], pos[b][2][:, -1])
+        else:
+            assert xb.shape[1] == 18
+            assert_close(c, pos[b][2], atol=0, rtol=0)
+    # spec §17 item 6: positional reads, after block 3, the cache entry pushed at block 2 (its last token)
+    assert_close(pos[3][2][:, -1], pos[2][2][:, -1], atol=0, rtol=0)
+    assert_close(pos[3][0][:, -1], pos[2][2][:, -1], atol=0, rtol=0)
+    assert not torch.allclose(logits, pos_logits)
+
+
+@pytest.mark.parametrize("mode, reduction", [
+    ("faithful", ""),
+    ("faithful", tr("evit", 0.5, "[3, 6, 9]")),
+    ("faithful", tr("tome", 0.5, "[3, 6, 9]")),
+    ("faithful", tr("dpcknn", 0.5, "[3, 6, 9]")),   # protects the suffix by default
+    ("fixed", tr("evit", 0.5, "[3, 6, 9]")),
+    ("fixed", tr("topk", 0.5, "[3, 6, 9]")),
+])
+def test_tracked_equals_positional_before_the_first_recovery_only(mode, reduction):
+    x = torch.rand(2, 3, 64, 64)
+    mp, mt = _plain("positional", mode, reduction), _plain("tracked", mode, reduction)
+    with torch.no_grad():
+        a, pa = _pushes(mp, x)
+        b, pb = _pushes(mt, x)
+    assert mt.token_path.last_counts == mp.token_path.last_counts
+    assert sorted(pa) == sorted(pb) == list(range(10))
+    for blk in range(3):  # pushes before the first (non-empty) recovery at block 3: bit-identical
+        assert_close(pb[blk][2], pa[blk][2], atol=0, rtol=0)
+    for blk in range(3, 10):  # from it on the tracked push is not the last token
+        n = pb[blk][0].shape[1]
+        assert (pb[blk][1] < n - 1).all() and (pb[blk][1] >= 0).all()
+        assert not torch.equal(pb[blk][2][:, -1], pa[blk][2][:, -1])
+    assert not torch.allclose(a, b)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_tracked_equals_positional_when_the_cache_is_protected(method):
-    x = torch.rand(3, 3, 64, 64)
-    (a, ca, na), (b, cb, nb) = _pair([tr(method, 0.5, "[0, 2]"), "{name: clca, mode: fixed}"], x)
-    assert_close(b, a, atol=0, rtol=0)
-    assert na == nb and len(ca) == len(cb) == 4
-    for u, v in zip(ca, cb):
-        assert_close(v, u, atol=0, rtol=0)
+def test_tracked_index_follows_the_clr_across_recoveries(method):
+    # 6 blocks, reductions at [0, 2]: recoveries 0 (empty), 2, 4; pushes after blocks 0-3. The index moves only
+    # through block 2's reduction map (not through its flush) and the push reads the token at it.
+    img, lit, _ = MOVES[method]
+    m = _tracked_model(method, img, depth=6)
+    with torch.no_grad():
+        _, pushes = _pushes(m, _images(*lit, img=img))
+    assert sorted(pushes) == [0, 1, 2, 3]
+    idx = {b: pushes[b][1][:, 0] for b in pushes}
+    maps = [a["assign"] for a in m.token_path.last_assign if a["block"] == 2]
+    assert len(maps) == 1
+    moved = torch.where(idx[1] >= 0, maps[0].gather(1, idx[1].clamp_min(0)[:, None])[:, 0], idx[1])
+    assert torch.equal(idx[1], idx[0]) and torch.equal(idx[2], moved) and torch.equal(idx[3], idx[2])
+    n_before_flush = m.token_path.last_counts[2][1]  # tokens entering block 2's MLP: after its reduction
+    assert (idx[2] < n_before_flush).all()          # never a re-injected cache token
+    for b in (0, 2, 3):  # blocks 1 and 3 reduce nowhere, so the hook saw the pushed-from sequence
+        xb, ib, c = pushes[b]
+        assert_close(c[:, -1], _read(xb, ib), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["evit", "tome", "dpcknn", "topk"])
+def test_fixed_mode_auto_is_tracked_with_the_same_counts_and_macs(method):
+    from fgir.benchmarks.flops import count_macs
+
+    x = torch.rand(2, 3, 64, 64)
+    runs = {}
+    for readout in ("auto", "tracked", "positional"):
+        torch.manual_seed(0)
+        m = plug(tiny("vit"), tr(method, 0.5), f"{{name: clca, mode: fixed, clr_readout: {readout}}}")
+        with torch.no_grad():
+            logits, pushes = _pushes(m, x)
+        runs[readout] = (logits, pushes, m.token_path.last_counts, count_macs(m, 64))
+    (la, pa, na, ma), (lt, _, nt, mt), (lp, pp, np_, mp) = runs["auto"], runs["tracked"], runs["positional"]
+    assert_close(la, lt, atol=0, rtol=0)
+    assert na == nt == np_ and ma == mt == mp > 0
+    # recoveries [1, 2]: block 0's push is the same, block 1's (after the flush at block 1) reads the CLR, not the copy
+    assert_close(pa[0][2], pp[0][2], atol=0, rtol=0)
+    assert not torch.equal(pa[1][2][:, -1], pp[1][2][:, -1])
+    assert not torch.allclose(la, lp)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -547,7 +634,15 @@ def test_tracked_needs_a_cached_clr():
         load_config(overrides=["model.plugins=[{name: clca, num_clr: 0, clr_readout: tracked}]"])
 
 
-@pytest.mark.parametrize("mode, readout", [("faithful", "tracked"), ("fixed", "positional"), ("fixed", "auto")])
-def test_clr_readout_combinations_are_allowed(mode, readout):
+@pytest.mark.parametrize("mode, readout, expect", [
+    ("faithful", "auto", "positional"), ("faithful", "tracked", "tracked"), ("faithful", "positional", "positional"),
+    ("fixed", "auto", "tracked"), ("fixed", "tracked", "tracked"), ("fixed", "positional", "positional"),
+])
+def test_clr_readout_combinations_are_allowed(mode, readout, expect):
     m = plug(tiny("vit"), tr("evit", 0.5), f"{{name: clca, mode: {mode}, clr_readout: {readout}}}")
-    assert m.token_path.clr_readout == ("tracked" if readout == "tracked" else "positional")
+    assert m.token_path.clr_readout == expect  # auto: positional in faithful mode, tracked in fixed mode
+
+
+def test_fixed_auto_without_a_clr_carrier_is_positional():
+    m = plug(tiny("vit"), tr("evit", 0.5), "{name: clca, mode: fixed, num_clr: 0}")
+    assert m.token_path.clr_readout == "positional"

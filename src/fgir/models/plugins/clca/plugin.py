@@ -18,18 +18,21 @@ Two parts, usable with any ``token_reduction`` method or without one:
 the CLR carrier positionally (the last token after each recovery, spec §3.2) and lets every
 method except DPC-KNN reduce the CLR and cache tokens; the reference's no-TR model decays the CLR
 (its ``no_weight_decay`` typo). ``mode: fixed`` protects the CLR and cache tokens from reduction
-(``protect_cache``), so the last token is always the CLR's descendant (a tracked read-out), and
-never decays the CLR. In both modes the stale 1000-class head is not kept, empty flushes are
-skipped and ToMe sizes are extended only once they exist (spec §15 items 9, 10, 19).
+(``protect_cache``), reads the CLR carrier tracked (``clr_readout: auto``, below) and never decays
+the CLR. In both modes the stale 1000-class head is not kept, empty flushes are skipped and ToMe
+sizes are extended only once they exist (spec §15 items 9, 10, 19).
 
 ``clr_readout`` (spec §15 item 5) picks the CLR carrier each cache push reads. ``positional`` (what
-``auto`` means in both modes, so every count and output is the reference's) reads the last
-``num_clr`` tokens. ``tracked`` (allowed in both modes; in faithful mode a deliberate deviation)
-carries, per sample, the index of the token descended from each CLR through every reduction, using
-the reducer's own assignment map (built only while tracking or ``record`` is on), pushes that token
-(a per-sample gather, so the gradient reaches ``clr`` through it) and, after every non-empty flush,
-resets the index to the re-injected CLR carriers (the last ``num_clr`` tokens: the latest cached
-copies). "Descended" per method:
+``auto`` means in faithful mode, so every faithful count and output is the reference's) reads the
+last ``num_clr`` tokens; after the first recovery those are the re-injected cache copies, not the
+CLR (spec §17 item 6), even with the cache protected. ``tracked`` (what ``auto`` means in fixed
+mode; allowed in faithful mode as a deliberate deviation) gives the tokens roles: the original CLR
+tokens (appended after the patches at the start, index P+1.. for P patches and one prefix token)
+carry "CLR", re-injected cache tokens are new tokens with cache roles and never become the CLR. It
+carries, per sample, the index of the token descended from each original CLR through every
+reduction, using the reducer's own assignment map (built only while tracking or ``record`` is on),
+and pushes that token (a per-sample gather, so the gradient reaches ``clr`` through it). A recovery
+does not move the index (the cache is appended at the end). "Descended" per method:
 
 * EViT: kept -> its new index (CLS-attention order); not kept -> the fused token (the only output
   that receives it). Top-K: kept -> its new index; not kept -> dropped.
@@ -41,16 +44,18 @@ copies). "Descended" per method:
 * SiT / PatchMerger (soft pooling): the output in which it has the largest weight (argmax over
   outputs of its weight column; the first on ties); dropped when a stage keeps 0 tokens.
 * DPC-KNN: its cluster (hard assignment), or its own index when the suffix is protected.
+* Protected suffix (``protect_cache``, fixed mode): kept in place behind the candidates.
 
-Dropped (no descendant): the index becomes -1 and the push reads the positional token (the last
-``num_clr`` tokens, as in faithful mode) until the next flush resets it. Several CLRs can end in
-the same token (it is then read twice). Tracked equals positional exactly without reduction and
-with the suffix protected (``protect_cache``, DPC-KNN's default, fixed mode). Because every
-reduction block is also a recovery block and its flush resets the index before the push, the two
-read-outs differ only where a reduction is followed by an empty flush: a reduction at block 0 (the
-cache is still empty there) with the CLR reducible; from the first non-empty flush on, both read
-the re-injected carrier. Token counts and MACs are the same (only the token read changes);
-``TokenPath.last_clr_index`` holds the tracked index at each push (-1: the positional token was read).
+Dropped (no descendant): the index becomes -1 for the rest of the forward (a later recovery does
+not bring the CLR back) and every later push reads the positional token (the last ``num_clr``
+tokens, as ``positional`` does). Several CLRs can end in the same token (it is then read twice).
+Before the first non-empty recovery tracked equals positional exactly (the original CLR is still
+the last token) unless a reduction at block 0 (its flush is empty) moved the reducible CLR. After it
+they differ, with or without reduction and with or without ``protect_cache``: without reduction
+tracked reads the original CLR at its fixed index P+1.. at every push, positional the cache copy
+pushed at block ``locations[0] - 1``. Token
+counts and MACs are the same (only the token read changes); ``TokenPath.last_clr_index`` holds the
+tracked index at each push (-1: the positional token was read).
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class CLCAConfig(PluginConfig):
     protect_cache: str = "auto"
     """Keep the CLR and cache tokens out of reduction: auto (faithful: DPC-KNN only; fixed: always), on or off."""
     clr_readout: str = "auto"
-    """CLR carrier each cache push reads: auto (= positional), positional (last num_clr tokens) or tracked (the CLR's descendant)."""  # noqa: E501
+    """CLR carrier each cache push reads: auto (faithful: positional; fixed: tracked), positional (the last num_clr tokens: cache copies after the first recovery) or tracked (the original CLR's descendant; positional once dropped)."""  # noqa: E501
 
     def validate(self, cfg: Config, key: str) -> None:
         check_choice(f"{key}.mode", self.mode, ["faithful", "fixed"])
@@ -164,7 +169,8 @@ def apply_clca(model: nn.Module, cfg: CLCAConfig) -> nn.Module:
     path.num_clr = int(cfg.num_clr)
     path.recovery = clca_recovery(locs, depth, cfg.recover_at_last) if cfg.cache else []
     path.protect_cache = {"on": True, "off": False}.get(cfg.protect_cache, True if cfg.mode == "fixed" else None)
-    path.clr_readout = "tracked" if cfg.clr_readout == "tracked" else "positional"
+    tracked = cfg.clr_readout == "tracked" or (cfg.clr_readout == "auto" and cfg.mode == "fixed")
+    path.clr_readout = "tracked" if tracked and cfg.cache and cfg.num_clr > 0 else "positional"
     if cfg.num_clr:
         # a copy of the (pretrained) CLS token; class-token-free backbones copy their first register
         src = model.cls_token if has_cls else getattr(model, "reg_token", None)

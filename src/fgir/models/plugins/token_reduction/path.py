@@ -14,12 +14,15 @@ attention, tokens entering the MLP), ``last_taps`` (for the CLA/IFA head), ``las
 (DynamicViT training masks) and, when ``record`` is on, ``last_assign`` (for ``fgir viz tokens``).
 
 CLR read-out (``clr_readout``, set by the clca plug-in): ``positional`` pushes the last ``num_clr``
-tokens as the CLR carriers (the reference, spec §3.2); ``tracked`` keeps a per-sample index of the
-token descended from each CLR (``TokenState.clr``, ``-1`` once no descendant survived), moved by
-every reduction through the reducer's own assignment map (see :meth:`TokenState.follow`), reset to
-the re-injected carriers (the last ``num_clr`` tokens) after every non-empty flush, and pushes the
-token at that index (gathered per sample; the positional token where the index is ``-1``). The
-indices read at each push are kept in ``last_clr_index``.
+tokens as the CLR carriers (the reference, spec §3.2; after the first recovery these are re-injected
+cache copies, spec §17 item 6); ``tracked`` gives every token a role (the original CLR tokens, at the
+end of the initial sequence, carry "CLR"; re-injected cache tokens are new tokens with cache roles and
+never become the CLR) and keeps a per-sample index of the token descended from each original CLR
+(``TokenState.clr``), moved by every reduction through the reducer's own assignment map (see
+:meth:`TokenState.follow`) and not by a recovery (the cache is appended at the end). The push reads
+the token at that index (gathered per sample). Once a CLR has no descendant (dropped) its index is
+``-1`` for the rest of the forward and the push reads the positional token instead. The indices
+read at each push are kept in ``last_clr_index``.
 """
 
 from __future__ import annotations
@@ -324,8 +327,8 @@ class TokenPath(nn.Module):
                         red.extend_state(state, f, x.shape[0], x.device)
                     if self.protect_suffix:
                         state.protected += f
-                    if track:  # the re-injected (latest) CLR carriers are the last num_clr tokens
-                        state.clr = self._last(x)
+                    # tracked: appending at the end moves no token, and the re-injected cache tokens are new
+                    # tokens (cache roles), never the CLR, so state.clr is left as it is
                 cache = []
             if cache_on and i < last_push:
                 carriers = []
