@@ -104,7 +104,21 @@ def test_bucket_accuracy_by_training_frequency():
     assert (res["head_images"], res["medium_images"], res["tail_images"]) == (10, 6, 5)
     assert (res["longtail_tail_below"], res["longtail_head_above"]) == (20, 100)
     assert "head > 100, medium 20-100, tail < 20" in res["longtail_buckets"]
-    assert math.isnan(longtail_accuracy(per_class, [1, 1, 1, 1, 1], (5, 10))["head_acc"])
+
+
+def test_empty_bucket_is_null_not_nan():
+    # a bucket without classes has no accuracy: None, which json writes as a valid null (NaN is not JSON)
+    per_class = [{"class_id": c, "total": 2, "accuracy": 50.0} for c in range(3)]
+    res = longtail_accuracy(per_class, [1, 1, 1], (5, 10))
+    assert (res["head_acc"], res["medium_acc"], res["tail_acc"]) == (None, None, 50.0)
+    assert '"head_acc": null' in json.dumps(res, allow_nan=False)
+
+
+def test_summary_line_shows_an_empty_bucket_as_a_dash():
+    r = {"top1": 80.0, "mean_per_class_acc": 70.0, "class_deviation": 5.0, "macro_f1": 60.0, "ece": 3.0,
+         "nll": 0.5, "num_images": 10, "head_acc": None, "medium_acc": 75.0, "tail_acc": 20.0,
+         "longtail_tail_below": 20, "longtail_head_above": 100}
+    assert "train imgs) –/75.00/20.00" in summary_line(r)
 
 
 def test_summary_line_states_the_bucket_thresholds():

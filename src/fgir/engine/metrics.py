@@ -306,7 +306,8 @@ def longtail_accuracy(per_class: Sequence[Mapping[str, Any]], train_counts: Sequ
         thresholds: ``(t, h)`` with 0 < t <= h.
 
     Returns:
-        ``{bucket}_acc`` (percent, NaN for a bucket without evaluated classes), ``{bucket}_classes``
+        ``{bucket}_acc`` (percent; ``None`` for a bucket without evaluated classes, so final.json
+        holds a valid JSON ``null`` rather than ``NaN``), ``{bucket}_classes``
         (classes in the bucket), ``{bucket}_images`` (evaluated images of those classes) for head,
         medium and tail, ``longtail_tail_below`` = t, ``longtail_head_above`` = h and
         ``longtail_buckets``, the rule in words.
@@ -321,7 +322,7 @@ def longtail_accuracy(per_class: Sequence[Mapping[str, Any]], train_counts: Sequ
     for name, inside in (("head", lambda n: n > h), ("medium", lambda n: t <= n <= h), ("tail", lambda n: n < t)):
         rows = [r for r in per_class if inside(counts[r["class_id"]])]
         accs = [r["accuracy"] for r in rows if r["accuracy"] is not None]
-        out[f"{name}_acc"] = statistics.fmean(accs) if accs else math.nan
+        out[f"{name}_acc"] = statistics.fmean(accs) if accs else None
         out[f"{name}_classes"] = len(rows)
         out[f"{name}_images"] = sum(int(r["total"]) for r in rows)
     out["longtail_tail_below"], out["longtail_head_above"] = t, h
@@ -442,7 +443,8 @@ def summary_line(result: dict[str, Any]) -> str:
     if "head_acc" in result:
         parts.append(f"head/med/tail (>{result['longtail_head_above']}/{result['longtail_tail_below']}-"
                      f"{result['longtail_head_above']}/<{result['longtail_tail_below']} train imgs) "
-                     f"{result['head_acc']:.2f}/{result['medium_acc']:.2f}/{result['tail_acc']:.2f}")
+                     + "/".join("–" if result[f"{b}_acc"] is None else f"{result[f'{b}_acc']:.2f}"
+                                for b in ("head", "medium", "tail")))
     parts.append(f"macro-F1 {result['macro_f1']:.2f}")
     parts.append(f"ECE {result['ece']:.2f}")
     parts.append(f"NLL {result['nll']:.4f}")
