@@ -13,6 +13,11 @@ Side outputs of the last forward live on the path: ``last_counts`` (per block: t
 attention, tokens entering the MLP), ``last_taps`` (for the CLA/IFA head), ``last_decisions``
 (DynamicViT training masks) and, when ``record`` is on, ``last_assign`` (for ``fgir viz tokens``).
 
+``forward_intermediates`` is re-bound too, so timm's feature API follows the same loop: it returns
+each chosen block's output *as the next block sees it* (after that block's reduction and any cache
+recovery), as ``NLC`` token sequences whose length changes from block to block (``NCHW`` has no
+meaning once tokens are dropped or merged and is refused with a one-line error).
+
 CLR read-out (``clr_readout``, set by the clca plug-in): ``positional`` pushes the last ``num_clr``
 tokens as the CLR carriers (the reference, spec §3.2; after the first recovery these are re-injected
 cache copies, spec §17 item 6); ``tracked`` gives every token a role (the original CLR tokens, at the
@@ -216,6 +221,8 @@ class TokenPath(nn.Module):
         self.last_assign: list[dict] = []
         self.last_cache: list[tuple[int, torch.Tensor]] = []   # (block, carriers) pushed, when record is on
         self.last_clr_index: list[tuple[int, torch.Tensor]] = []  # (block, B x num_clr tracked index), tracked
+        self.keep_blocks: set[int] | None = None    # forward_intermediates: blocks whose output is kept
+        self.last_blocks: list[torch.Tensor] = []
 
     @property
     def protect_suffix(self) -> bool:
@@ -298,6 +305,7 @@ class TokenPath(nn.Module):
         cache: list[torch.Tensor] = []
         taps: list[torch.Tensor] = []
         counts: list[tuple[int, int]] = []
+        blocks_out: list[torch.Tensor] = []
         cache_log: list[tuple[int, torch.Tensor]] = []
         clr_log: list[tuple[int, torch.Tensor]] = []
         track = cache_on and self.num_clr > 0 and self.clr_readout == "tracked"
@@ -345,7 +353,9 @@ class TokenPath(nn.Module):
                     cache_log.append((i, cache[-1]))
             if i in taps_at:
                 taps.append(self.tap(model, x))
-        self.last_counts, self.last_taps = counts, taps
+            if self.keep_blocks is not None and i in self.keep_blocks:
+                blocks_out.append(x)
+        self.last_counts, self.last_taps, self.last_blocks = counts, taps, blocks_out
         self.last_decisions, self.last_assign, self.last_cache = state.decisions, state.assign, cache_log
         self.last_clr_index = clr_log
         return model.norm(x)
@@ -362,6 +372,43 @@ def _forward_features(self: nn.Module, x: torch.Tensor, attn_mask: Any = None, i
     return self.token_path(self, x)
 
 
+def _forward_intermediates(self: nn.Module, x: torch.Tensor, indices: int | list[int] | None = None,
+                           return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                           output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
+                           attn_mask: Any = None, is_causal: bool = False):
+    """timm's ``forward_intermediates`` through the token path (``NLC`` only; ``stop_early`` runs every
+    block all the same, the final features need them). Intermediates are the chosen blocks' outputs
+    without the prefix tokens (with ``return_prefix_tokens``: ``(tokens, prefix)`` pairs, as timm)."""
+    from timm.models._features import feature_take_indices
+
+    if attn_mask is not None or is_causal:
+        raise ValueError("token_reduction / clca do not support attn_mask or is_causal.")
+    if output_fmt != "NLC":
+        raise ValueError(f"forward_intermediates(output_fmt={output_fmt!r}): with token_reduction / clca the "
+                         "token count changes from block to block, so only output_fmt='NLC' is defined.")
+    take, _ = feature_take_indices(len(self.blocks), indices)
+    path = self.token_path
+    path.keep_blocks = set(take)
+    try:
+        feats = path(self, x)
+    finally:
+        path.keep_blocks = None
+    outs = [self.norm(y) if norm else y for y in path.last_blocks]
+    npt = self.num_prefix_tokens
+    prefix = [y[:, :npt] for y in outs] if npt else None
+    outs = [y[:, npt:] for y in outs]
+    if output_dict:
+        res: dict[str, Any] = {"image_intermediates": outs}
+        if prefix is not None and return_prefix_tokens:
+            res["image_intermediates_prefix"] = prefix
+        if not intermediates_only:
+            res["image_features"] = feats
+        return res
+    if prefix is not None and return_prefix_tokens:
+        outs = list(zip(outs, prefix))
+    return outs if intermediates_only else (feats, outs)
+
+
 def ensure_token_path(model: nn.Module, plugin: str) -> TokenPath:
     """The model's :class:`TokenPath`, attached (and ``forward_features`` re-bound) on first use."""
     check_vit(model, plugin)
@@ -373,6 +420,7 @@ def ensure_token_path(model: nn.Module, plugin: str) -> TokenPath:
     path = TokenPath(len(model.blocks))
     model.token_path = path
     model.forward_features = types.MethodType(_forward_features, model)
+    model.forward_intermediates = types.MethodType(_forward_intermediates, model)
     return path
 
 
