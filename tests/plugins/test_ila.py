@@ -359,3 +359,31 @@ def test_ila_recipes_build_ila_pp_with_the_reference_trainable_set():
     with torch.device("meta"):
         m = build_model(cfg, 80)
     assert parameter_census(m)["trainable"] == 354_800 + 769 * 80
+
+
+# ----------------------------------------------------------------------------- timm's feature API after a DS-ILA
+@pytest.mark.parametrize("backbone", ["vit", "vitfs"])
+def test_forward_intermediates_nchw_uses_each_blocks_down_sampled_grid(backbone):
+    # 64 px, patch 8: an 8x8 grid; the unpadded 3x3 DS-ILAs after blocks 1 and 2 give 6x6, then 4x4
+    base = tiny_vit() if backbone == "vit" else create_model("vitfs_nano", num_classes=5, depth=4, img_size=64,
+                                                             patch_size=8)
+    m = ila(base, variant="ds_only", ds_locs=[1, 2]).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats, maps = m.forward_intermediates(x)
+        _, tokens = m.forward_intermediates(x, output_fmt="NLC")
+        ref = m.forward_features(x)
+    assert [tuple(t.shape[-2:]) for t in maps] == [(8, 8), (6, 6), (4, 4), (4, 4)]
+    assert_close(feats, ref, atol=0, rtol=0)
+    for grid, seq in zip(maps, tokens):  # the same numbers, only laid out on the grid
+        assert_close(grid.flatten(2).transpose(1, 2), seq, atol=0, rtol=0)
+
+
+def test_forward_intermediates_survives_deepcopy_as_ema_does():
+    m = ila(tiny_vit(), variant="ds_only", ds_locs=[1]).eval()
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+        x = torch.rand(1, 3, 64, 64)
+        assert_close(twin.forward_intermediates(x)[0], twin.forward_features(x), atol=0, rtol=0)

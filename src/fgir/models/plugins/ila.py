@@ -23,12 +23,14 @@ Layout (house style):
 Counts at D = 768, r = 8: plain ILA 13,336, DS-ILA 20,248; non-head trainable on ViT-B/16
 (with the class token): DS-only 41,264, ILA+ 174,624, ILA++ 354,800.
 
-NOTE: ``forward_intermediates`` of timm reshapes patch tokens with the *input* grid, which no
-longer holds after a DS-ILA; use ``forward_features`` (or hooks) on down-sampled models.
+timm's ``forward_intermediates`` works on every variant (the adapters run as block hooks); after
+a DS-ILA its ``NCHW`` output uses each block's own, down-sampled grid (re-bound on the instance).
 """
 
 from __future__ import annotations
 
+import math
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -300,8 +302,45 @@ def apply_ila(model: nn.Module, cfg: ILAConfig | None = None) -> nn.Module:
                                  cfg.inblock_scale, "ILA++")
     if cfg.reinit_head and hasattr(model, "get_classifier") and isinstance(model.get_classifier(), nn.Linear):
         reference_linear_init(model.get_classifier())
+    if ds:
+        model.forward_intermediates = types.MethodType(_ds_forward_intermediates, model)
     model.ila_cfg = cfg
     return model
+
+
+def _ds_forward_intermediates(self: nn.Module, x: torch.Tensor, indices: int | list[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
+                              **kwargs):
+    """timm's ``forward_intermediates`` whose ``NCHW`` intermediates take each block's own grid (after a
+    DS-ILA the patch tokens no longer fill the input grid timm would reshape them with). A plain
+    function bound on the instance (no closure), so ``copy.deepcopy`` (EMA) keeps it working."""
+    if output_fmt not in ("NCHW", "NLC"):
+        raise ValueError(f"forward_intermediates(output_fmt={output_fmt!r}): expected 'NCHW' or 'NLC'.")
+    out = type(self).forward_intermediates(self, x, indices=indices, return_prefix_tokens=return_prefix_tokens,
+                                           norm=norm, stop_early=stop_early, output_fmt="NLC",
+                                           intermediates_only=intermediates_only, output_dict=output_dict, **kwargs)
+    if output_fmt == "NLC":
+        return out
+
+    def grid(t: torch.Tensor) -> torch.Tensor:
+        b, n, c = t.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"forward_intermediates(NCHW) after a DS-ILA: {n} patch tokens are not a square "
+                             "grid; use output_fmt='NLC'.")
+        return t.transpose(1, 2).reshape(b, c, side, side)
+
+    def each(item):
+        return (grid(item[0]), item[1]) if isinstance(item, tuple) else grid(item)
+
+    if isinstance(out, dict):
+        out["image_intermediates"] = [grid(t) for t in out["image_intermediates"]]
+        return out
+    if intermediates_only:
+        return [each(i) for i in out]
+    feats, inter = out
+    return feats, [each(i) for i in inter]
 
 
 def mark_only_ila_trainable(model: nn.Module, include_head: bool = True, include_prefix_tokens: bool = True
