@@ -16,15 +16,19 @@ def _x() -> torch.Tensor:
     return torch.rand(2, 3, 64, 64)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-@pytest.mark.parametrize("method", METHODS)
-def test_final_features_are_forward_features(method, backbone):
+def _reduced(method: str, backbone: str, **kw):
+    """(model, forward_features, forward_intermediates(NLC, **kw)) of a tiny model at keep rate 0.5."""
     torch.manual_seed(0)
     m = plug(tiny(backbone), tr(method, 0.5))
     x = _x()
     with torch.no_grad():
-        ref = m.forward_features(x)
-        feats, inter = m.forward_intermediates(x, output_fmt="NLC")
+        return m, m.forward_features(x), m.forward_intermediates(x, output_fmt="NLC", **kw)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("method", METHODS)
+def test_final_features_are_forward_features(method, backbone):
+    m, ref, (feats, inter) = _reduced(method, backbone)
     assert_close(feats, ref, atol=0, rtol=0)
     assert len(inter) == len(m.blocks)
 
@@ -32,11 +36,7 @@ def test_final_features_are_forward_features(method, backbone):
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("method", METHODS)
 def test_last_normed_intermediate_is_the_final_patch_tokens(method, backbone):
-    torch.manual_seed(0)
-    m = plug(tiny(backbone), tr(method, 0.5))
-    x = _x()
-    with torch.no_grad():
-        feats, inter = m.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC")
+    m, _, (feats, inter) = _reduced(method, backbone, indices=1, norm=True)
     assert_close(inter[-1], feats[:, m.num_prefix_tokens:], atol=0, rtol=0)
 
 
