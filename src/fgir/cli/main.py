@@ -369,10 +369,16 @@ def cmd_data_check(a) -> int:
 
 
 def cmd_import(a) -> int:
-    from ..engine.import_tgda import import_tgda
+    if a.import_cmd == "glsim":
+        from ..engine.import_glsim import import_glsim
 
-    res = import_tgda(a.pth, a.out, model_name=a.model, img_size=a.img_size, dataset=a.dataset, root=a.root,
-                      class_names=a.class_names)
+        res = import_glsim(a.pth, a.out, model_name=a.model, img_size=a.img_size, top_o=a.top_o,
+                           crop_cls=a.crop_cls, dataset=a.dataset, root=a.root, class_names=a.class_names)
+    else:
+        from ..engine.import_tgda import import_tgda
+
+        res = import_tgda(a.pth, a.out, model_name=a.model, img_size=a.img_size, dataset=a.dataset, root=a.root,
+                          class_names=a.class_names)
     print(json.dumps(res, indent=2))
     print(f"Evaluate or predict with: fgir predict {res['checkpoint']} IMAGES")
     return 0
@@ -735,6 +741,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
     i.add_argument("--model", default="", help="our model name (default: the name recorded in the file)")
     i.add_argument("--img-size", type=int, default=0, help="student input size (default: recorded in the file)")
+    i.add_argument("--dataset", default="", help="catalog dataset whose class table names the classes")
+    i.add_argument("--root", default="", help="that dataset's root (default: $FGIR_DATA)")
+    i.add_argument("--class-names", default="", help="class names file (one per line, or classid_classname.csv)")
+    i.set_defaults(fn=cmd_import)
+    i = isub.add_parser("glsim", help="a GLSim authors' legacy ViTGLSim .pth -> fgir .safetensors (timm ViT + "
+                        "glsim plug-in; no pickled code runs)")
+    i.add_argument("pth", help="the released .pth file (e.g. cub_vit_b16_16_2.pth)")
+    i.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
+    i.add_argument("--model", default="", help="timm architecture (default: from the recorded model_name, "
+                   "vit_b16 -> vit_base_patch16_224)")
+    i.add_argument("--img-size", type=int, default=0, help="input size (default: recorded, else from the "
+                   "position embedding)")
+    i.add_argument("--top-o", type=int, default=0, help="selected patches O (default: the recorded dynamic_top)")
+    i.add_argument("--crop-cls", default="shared", choices=["shared", "separate"],
+                   help="crop-pass class token: shared = what the legacy code ran (default); separate = load "
+                   "anchor_class_token")
     i.add_argument("--dataset", default="", help="catalog dataset whose class table names the classes")
     i.add_argument("--root", default="", help="that dataset's root (default: $FGIR_DATA)")
     i.add_argument("--class-names", default="", help="class names file (one per line, or classid_classname.csv)")

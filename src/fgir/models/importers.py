@@ -55,8 +55,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_WHITELIST", "import_tgda_checkpoint", "read_tgda_checkpoint", "save_imported",
-           "tgda_model_kwargs"]
+__all__ = ["CONFIG_WHITELIST", "import_tgda_checkpoint", "read_reference_checkpoint", "read_tgda_checkpoint",
+           "save_imported", "tgda_model_kwargs"]
 
 #: Reference config keys worth keeping (tgda.md §14.1); only plain values are kept.
 CONFIG_WHITELIST: tuple[str, ...] = (
@@ -237,14 +237,14 @@ def _sanitize(obj: Any) -> Any:
 _DROP = object()
 
 
-def _config_from(obj: Any) -> dict[str, Any]:
+def _config_from(obj: Any, keys: Iterable[str] = CONFIG_WHITELIST) -> dict[str, Any]:
     if isinstance(obj, _InertNamespace):
         obj = obj.state
     elif hasattr(obj, "__dict__") and type(obj).__name__ == "Namespace":  # weights_only allow-listed
         obj = vars(obj)
     if not isinstance(obj, Mapping):
         return {}
-    return {k: obj[k] for k in CONFIG_WHITELIST if k in obj and isinstance(obj[k], _PLAIN)}
+    return {k: obj[k] for k in keys if k in obj and isinstance(obj[k], _PLAIN)}
 
 
 def read_tgda_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -254,7 +254,15 @@ def read_tgda_checkpoint(path: str | Path) -> dict[str, Any]:
         ``{"model": state dict, "config": whitelisted plain config values, "accuracy", "epoch"}``
         (the last two only when they are plain numbers).
     """
+    return read_reference_checkpoint(path)
+
+
+def read_reference_checkpoint(path: str | Path, extra_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Read an authors' ``{"config": Namespace, "model": state dict, ...}`` ``.pth`` without executing
+    pickled code (TGDA, GLSim, ...); ``extra_keys`` are config values kept besides
+    :data:`CONFIG_WHITELIST` (plain values only). Returns what :func:`read_tgda_checkpoint` does."""
     path = Path(path)
+    keys = (*CONFIG_WHITELIST, *extra_keys)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         config = {}
@@ -262,12 +270,12 @@ def read_tgda_checkpoint(path: str | Path) -> dict[str, Any]:
         log.info("weights_only load refused %s (%s); using the restricted reader.", path,
                  str(err).splitlines()[0])
         loaded = _restricted_load(path)
-        config = _config_from(loaded.get("config")) if isinstance(loaded, Mapping) else {}
+        config = _config_from(loaded.get("config"), keys) if isinstance(loaded, Mapping) else {}
         raw = _sanitize(loaded)
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(raw).__name__}.")
     if not config:
-        config = _config_from(raw.get("config"))
+        config = _config_from(raw.get("config"), keys)
     state = raw.get("model", raw)
     if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: no state dict found (keys: {sorted(raw)[:10]}).")
