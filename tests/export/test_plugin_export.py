@@ -47,7 +47,8 @@ CASES: dict[str, dict[str, tuple[list, str]]] = {
     "glsim": {"batched_crop": ([{"name": "glsim", "top_o": 4}], ""),
               "loop_crop": ([{"name": "glsim", "top_o": 4, "crop_impl": "loop"}], ""),
               "no_crop": ([{"name": "glsim", "top_o": 4}], "no-crop"),
-              "random": ([{"name": "glsim", "top_o": 4, "sim_metric": "random"}], "")},
+              "random": ([{"name": "glsim", "top_o": 4, "sim_metric": "random"}], ""),
+              "select_top_k": ([{"name": "glsim", "top_o": 4, "mode": "select_top_k"}], "")},
     "ila": {"ila_plus": ([{"name": "ila", "ds_locs": [1]}], ""),
             "ila_pp": ([{"name": "ila", "variant": "ila_pp", "ds_locs": [1]}], "")},
     "lora": {"qv": ([{"name": "lora"}], ""),
@@ -64,7 +65,7 @@ NOT_EXPORTABLE = {
 """(plug-in, case) -> part of the one-line reason `fgir export` gives."""
 
 VARIANT_SAYS = {"token_reduction": "static token counts per block", "lora": "LoRA merged into the weights",
-                "glsim": "batched crop"}
+                "glsim": "GLSim"}
 """What the reported variant of a default-variant export states, per plug-in."""
 
 

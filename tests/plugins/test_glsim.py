@@ -451,3 +451,43 @@ def test_auto_crop_cls_is_shared_without_a_class_token_and_separate_with_one():
     assert vitfs.crop_cls_token is None
     vit = apply_glsim(create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=5), GLSimConfig(top_o=4))
     assert isinstance(vit.crop_cls_token, torch.nn.Parameter)
+
+
+# ----------------------------------------------------------------------------- mode: select_top_k (timm-path extra)
+def test_select_top_k_matches_a_step_by_step_reimplementation():
+    torch.manual_seed(0)
+    vit = tiny_vit(img_size=64, embed_dim=64, num_heads=1, depth=2)
+    model = apply_glsim(vit, GLSimConfig(top_o=3, mode="select_top_k", head_init="default")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        h = vit.forward_features(x)
+        idx = F.cosine_similarity(h[:, :1], h[:, 1:], dim=-1).topk(3, dim=1).indices
+        z = torch.cat([h[:, :1], torch.stack([h[b, 1:][idx[b]] for b in range(2)])], dim=1)
+        ref = model.head(model.aggregator_norm(model.aggregator(z))[:, 0])
+        got = model.forward_glsim(x)
+    assert_close(got["logits"], ref, rtol=1e-5, atol=1e-5)
+    assert got["crops"] is None and got["boxes"].shape == (2, 4)
+
+
+def test_select_top_k_runs_the_encoder_once():
+    one = count_macs(tiny_glsim(mode="select_top_k"), 64)
+    plain = count_macs(tiny_vit(num_classes=5), 64)
+    assert 1.0 < one / plain < 1.2
+
+
+def test_select_top_k_selected_tokens_get_a_gradient():
+    model = tiny_glsim(mode="select_top_k", head_init="default").train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert model.backbone.blocks[-1].mlp.fc2.weight.grad.abs().sum() > 0
+
+
+def test_select_top_k_without_aggregator_is_a_config_error():
+    with pytest.raises(ConfigError, match="aggregator_depth"):
+        load_config(overrides=["model.name=vit_tiny_patch16_224",
+                               "model.plugins=[{name: glsim, mode: select_top_k, aggregator_depth: 0}]"]).validate()
+
+
+def test_select_top_k_allocates_no_crop_cls_token():
+    assert tiny_glsim(mode="select_top_k").crop_cls_token is None
+    with pytest.raises(ValueError, match="unused"):
+        tiny_glsim(mode="select_top_k", crop_cls="separate")

@@ -78,7 +78,8 @@ class GLSimConfig(PluginConfig):
     """reference = the code's end-exclusive box (last selected row/column cut off); inclusive = the figure's box."""
     crop_cls: str = "auto"
     """Class token of the crop pass: separate (own parameter, copied from the CLS), shared (legacy
-    parity), or auto = separate when the backbone has a class token, else shared (ViTFS)."""
+    parity), or auto = separate when the backbone has a class token, else shared (ViTFS, and
+    mode select_top_k, which has no crop pass)."""
     aggregator_depth: int = 1
     """Transformer blocks mixing the two global tokens; 0 = no aggregator and no aggregator norm."""
     aggregator_norm_eps: float = 1e-12
@@ -93,6 +94,10 @@ class GLSimConfig(PluginConfig):
     """Logits from token 0 (cls), or the head on both tokens, mean / max over tokens (avg_cls / max_cls)."""
     crop_impl: str = "batched"
     """batched (per-sample gathers, traceable) or loop (per-sample F.interpolate; the test reference)."""
+    mode: str = "crop"
+    """crop (the paper: the top-O box is cropped and encoded a second time) or select_top_k (the
+    authors' timm-path extra: no crop, no second pass; [global token, top-O patch tokens] go
+    through the aggregator and the head reads token 0; one encoder pass, so about half the MACs)."""
 
     def validate(self, cfg: Config, key: str) -> None:
         check_choice(f"{key}.sim_metric", self.sim_metric, list(SIM_METRICS))
@@ -101,6 +106,10 @@ class GLSimConfig(PluginConfig):
         check_choice(f"{key}.head_init", self.head_init, ["zeros", "default"])
         check_choice(f"{key}.head_pool", self.head_pool, ["cls", "avg_cls", "max_cls"])
         check_choice(f"{key}.crop_impl", self.crop_impl, ["batched", "loop"])
+        check_choice(f"{key}.mode", self.mode, ["crop", "select_top_k"])
+        if self.mode == "select_top_k" and self.aggregator_depth < 1:
+            raise ConfigError(f"{key}.mode=select_top_k needs aggregator_depth >= 1 (the aggregator is what mixes "
+                              "the selected tokens into token 0).")
         if self.top_o < 1 or any(int(v) < 1 for v in self.top_o_dataset_overrides.values()):
             raise ConfigError(f"{key}.top_o and its dataset overrides must be >= 1, got {self.top_o} / "
                               f"{self.top_o_dataset_overrides}.")
@@ -244,8 +253,8 @@ def crop_resize_loop(images: torch.Tensor, boxes: torch.Tensor, size: int | None
 class GLSimOutput(TypedDict):
     logits: torch.Tensor
     """B x C."""
-    crops: torch.Tensor
-    """B x 3 x S x S (no gradient)."""
+    crops: torch.Tensor | None
+    """B x 3 x S x S (no gradient); None in ``mode: select_top_k`` (no crop is made)."""
     boxes: torch.Tensor
     """B x 4 long (y0, y1, x0, x1), ends exclusive."""
     gls: torch.Tensor
@@ -293,8 +302,12 @@ class GLSimModel(nn.Module):
         if not isinstance(dim, int) or dim <= 0:
             raise TypeError(f"GLSim needs backbone.num_features; {type(backbone).__name__} has {dim!r}.")
         cls = getattr(backbone, "cls_token", None)
+        if cfg.mode == "select_top_k" and cfg.crop_cls == "separate":
+            raise ValueError("glsim mode=select_top_k encodes no crop, so crop_cls='separate' would be an unused "
+                             "parameter; use crop_cls: auto or shared.")
         if cfg.crop_cls == "auto":
-            cfg = dataclasses.replace(cfg, crop_cls="separate" if isinstance(cls, nn.Parameter) else "shared")
+            separate = isinstance(cls, nn.Parameter) and cfg.mode == "crop"
+            cfg = dataclasses.replace(cfg, crop_cls="separate" if separate else "shared")
         if cfg.crop_cls == "separate" and not isinstance(cls, nn.Parameter):
             raise ValueError(f"crop_cls='separate' needs a class token; {type(backbone).__name__} has none "
                              "(e.g. ViTFS pools the patch tokens). Set crop_cls: shared.")
@@ -339,7 +352,11 @@ class GLSimModel(nn.Module):
         return names | ({"crop_cls_token"} if self.crop_cls_token is not None else set())
 
     # ------------------------------------------------------------------ export (fgir.export.forms)
-    export_variant = "default (GLSim two passes, batched crop)"
+    @property
+    def export_variant(self) -> str:
+        if self.glsim_cfg.mode == "select_top_k":
+            return "default (GLSim select_top_k: one pass, top-O tokens through the aggregator)"
+        return "default (GLSim two passes, batched crop)"
 
     def export_module(self) -> nn.Module:
         """The module ``fgir export`` traces: this model on the batched (traceable) crop path."""
@@ -389,9 +406,9 @@ class GLSimModel(nn.Module):
                              f"{self.num_prefix_tokens} prefix tokens.")
         return self.backbone.forward_head(h, pre_logits=True), patches, grid
 
-    def select(self, x: torch.Tensor, h: torch.Tensor):
-        """Scores, indices, boxes and crops for images ``x`` and their first-pass tokens ``h``
-        (no gradient)."""
+    def select(self, x: torch.Tensor, h: torch.Tensor, make_crops: bool = True):
+        """Scores, indices, boxes and crops (None without ``make_crops``) for images ``x`` and their
+        first-pass tokens ``h`` (no gradient)."""
         cfg = self.glsim_cfg
         s = x.shape[-1]
         if x.shape[-2] != s:
@@ -407,12 +424,19 @@ class GLSimModel(nn.Module):
                 scores = gls_scores(g.detach().float(), patches.detach().float(), cfg.sim_metric)
                 idx = select_top_o(scores, o, largest=cfg.sim_metric == "cos")
             boxes = crop_boxes(idx, grid, s // grid, s, cfg.crop_box)
-            crop = crop_resize if cfg.crop_impl == "batched" else crop_resize_loop
-            crops = crop(x.detach(), boxes)
+            crops = None
+            if make_crops:
+                crop = crop_resize if cfg.crop_impl == "batched" else crop_resize_loop
+                crops = crop(x.detach(), boxes)
         return scores, idx, boxes, crops
 
     def _passes(self, x: torch.Tensor):
         h = self.backbone.forward_features(x)
+        if self.glsim_cfg.mode == "select_top_k":
+            scores, idx, boxes, _ = self.select(x, h, make_crops=False)
+            g, patches, _ = self._tokens(h)
+            picked = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # keeps the gradient
+            return torch.cat([g[:, None], picked], dim=1), scores, idx, boxes, None
         scores, idx, boxes, crops = self.select(x, h)
         with self._crop_cls():
             hc = self.backbone.forward_features(crops)
@@ -508,7 +532,8 @@ def _register_viz() -> None:
         fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02, label=f"GLS ({cfg.sim_metric})")
         axes[1].set_title(f"GLS map, top-{res['indices'].shape[1]} (cyan), {cfg.crop_box} box (green)")
         axes[2].imshow(crop)
-        axes[2].set_title(f"crop rows [{y0},{y1}) x cols [{x0},{x1}) -> {s}x{s}")
+        axes[2].set_title(f"crop rows [{y0},{y1}) x cols [{x0},{x1}) -> {s}x{s}" if cfg.mode == "crop" else
+                          f"box rows [{y0},{y1}) x cols [{x0},{x1}) (select_top_k: not encoded)")
         pred = int(res["logits"][0].argmax())
         names = (getattr(model, "fgir_meta", None) or {}).get("class_names") or []
         fig.suptitle(f"GLSim: predicted {names[pred] if pred < len(names) else pred}", fontsize=11)
