@@ -304,7 +304,7 @@ FIELD_RULES: dict[str, tuple] = {
     "model.kwargs": ("checked", "the builder's signature when the model is built (unknown key: one-line error)"),
     "model.plugins": ("checked", "each entry's own config dataclass and validate()"),
     "model.trainable": ("checked", "presets or glob patterns, Config.validate and apply_trainable"),
-    "model.inference": ("pattern", r"[A-Za-z0-9_\-]+", "default or a variant name a plug-in adds"),
+    "model.inference": ("pattern", r"[A-Za-z0-9_\-]+(\+flip)?", "default, flip, a variant name a plug-in adds, or <variant>+flip"),
     "data.name": ("checked", "the dataset registry (close matches suggested)"),
     "data.root": ("checked", "when the dataset resolves (missing or unusable root: one-line error)"),
     "data.train_split": ("pattern", r"[A-Za-z0-9_\-]+", "a split name (train, train_val, ...)"),

@@ -303,7 +303,7 @@ def test_eval_on_absent_cuda_is_a_clear_error(tiny_root, tmp_path, capsys):
 def test_eval_with_unknown_inference_variant_lists_available(tiny_root, tmp_path, capsys):
     train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
     assert main(["eval", str(tmp_path / "t"), "--split", "val", "--inference", "tta"]) == 2
-    assert "available: ['default']" in capsys.readouterr().err
+    assert "available: ['default', 'flip']" in capsys.readouterr().err
 
 
 def test_cost_with_plugins_and_trainable(capsys):

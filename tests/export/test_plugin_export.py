@@ -160,3 +160,18 @@ def test_predict_on_a_plugin_onnx_gives_the_checkpoint_top1(tiny_root, tmp_path)
     assert len({r["prob1"] for r in a}) > 1  # the untrained model's outputs still depend on the image
     for ra, rb in zip(a, b):
         assert float(ra["prob1"]) == pytest.approx(float(rb["prob1"]), abs=1e-4)
+
+
+@pytest.mark.parametrize("plugin,entries,inference", [("cal", [{"name": "cal", "num_maps": 4}], "flip"),
+                                                      ("glsim", [{"name": "glsim", "top_o": 4}], "no-crop+flip")])
+def test_flip_variant_exports_with_parity(plugin, entries, inference, tmp_path):
+    ck, size = _checkpoint(plugin, entries, tmp_path / "ck")
+    out = tmp_path / "m.onnx"
+    res = export_onnx(ck, out, dynamic_batch=True, inference=inference, card=False)
+    assert res.variant.startswith(inference) and res.max_abs_diff <= 1e-4
+    model = load_model(ck)
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = get_inference(model, inference)(x).numpy()
+    np.testing.assert_allclose(onnx_session(out).run(["logits"], {"image": x.numpy()})[0], ref, rtol=0, atol=1e-4)
+

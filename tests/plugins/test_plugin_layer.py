@@ -156,13 +156,42 @@ def test_cal_on_a_token_model_is_refused():
 
 def test_cal_adds_the_tta_inference_variant():
     model = build_model(_cfg("model.plugins=[cal]", "model.name=test_resnet"), 3)
-    assert inference_names(model) == ["default", "tta"]
+    assert inference_names(model) == ["default", "flip", "tta"]
     assert get_inference(model, "tta") == model.predict_tta
 
 
 def test_unknown_inference_variant_lists_available():
-    with pytest.raises(ConfigError, match=r"model.inference='tta'.*available: \['default'\]"):
+    with pytest.raises(ConfigError, match=r"model.inference='tta'.*available: \['default', 'flip'\]"):
         build_model(_cfg("model.name=test_resnet", "model.inference=tta"), 3)
+
+
+# ----------------------------------------------------------------------------- the model-agnostic flip variant
+@pytest.mark.parametrize("name,over", [("test_resnet", []), ("vitfs_nano", ["data.img_size=64"])])
+def test_flip_is_the_mean_of_image_and_mirror_logits(name, over):
+    torch.manual_seed(0)
+    model = build_model(_cfg(f"model.name={name}", *over), 3).eval()
+    size = 64 if over else 32
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        got = get_inference(model, "flip")(x)
+        ref = (model(x) + model(torch.flip(x, dims=[3]))) / 2
+    assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(got, model(x))  # the mirror changes the logits: the variant is not the default
+
+
+def test_flip_composes_with_a_plugin_variant():
+    torch.manual_seed(0)
+    model = build_model(_cfg("model.plugins=[{name: cal, num_maps: 4}]", "model.name=test_resnet"), 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        got = get_inference(model, "tta+flip")(x)
+        ref = (model.predict_tta(x) + model.predict_tta(x.flip(-1))) / 2
+    assert_close(got, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_flip_of_an_unknown_variant_lists_available():
+    with pytest.raises(ConfigError, match=r"model.inference='tta\+flip'.*available"):
+        build_model(_cfg("model.name=test_resnet", "model.inference=tta+flip"), 3)
 
 
 # ----------------------------------------------------------------------------- trainable

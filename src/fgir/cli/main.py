@@ -553,7 +553,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    "columns instead of replacing it")
     s.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (at least 64 is used)")
     s.add_argument("--no-macs", action="store_true", help="skip counting the deployed model's MACs (gmacs empty)")
-    s.add_argument("--inference", default="", help="inference variant: default, or one a plug-in adds (cal: tta); "
+    s.add_argument("--inference", default="", help="inference variant: default, flip (mean with the mirrored "
+                   "image, any model), one a plug-in adds (cal: tta; glsim: no-crop), or VARIANT+flip; "
                    "empty = the run's model.inference")
     s.add_argument("--tta", action="store_true", help="shorthand for --inference tta (CAL's 8-view inference)")
     _add_device(s)

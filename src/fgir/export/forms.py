@@ -56,6 +56,17 @@ class _Variant(nn.Module):
         return getattr(self.model, self.method)(x)
 
 
+class _Flip(nn.Module):
+    """The ``flip`` inference variant of ``inner`` as a module (traceable: ``torch.flip``)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.inner(x) + self.inner(x.flip(-1))) / 2
+
+
 def register_export_form(model: nn.Module, method: str, variant: str) -> None:
     """Declare ``getattr(model, method)() -> nn.Module`` as the module to export, computing
     inference variant ``variant`` (a name shown in the export report and metadata)."""
@@ -118,7 +129,13 @@ def export_form(model: nn.Module, inference: str = "default") -> ExportForm:
         TypeError: a declared export form did not return an ``nn.Module``.
     """
     from ..models.plugins import get_inference
+    from ..models.plugins.base import split_flip
 
+    base, flip = split_flip(inference)
+    if flip:
+        inner = export_form(model, base)
+        return ExportForm(_Flip(inner.module).eval(), f"{inference} (mean over the image and its flip; "
+                                                      f"{inner.variant})")
     if inference in ("", "default"):
         hooked = _hook(model)
         if hooked is None:

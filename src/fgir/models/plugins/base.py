@@ -132,14 +132,39 @@ def register_inference(model: nn.Module, name: str, method: str) -> None:
     model.fgir_inference = {**getattr(model, "fgir_inference", {}), name: method}
 
 
+FLIP = "flip"
+"""The one model-agnostic variant: the mean of the logits of the images and of their horizontal
+flips (the GLSim/ILA reference ``--test_flip``). It composes: ``<variant>+flip`` flips any variant."""
+
+
 def inference_names(model: nn.Module) -> list[str]:
-    return ["default"] + sorted(getattr(model, "fgir_inference", {}))
+    return ["default", FLIP] + sorted(getattr(model, "fgir_inference", {}))
+
+
+def split_flip(name: str) -> tuple[str, bool]:
+    """``"no-crop+flip"`` -> ``("no-crop", True)``; ``"flip"`` -> ``("default", True)``."""
+    if name == FLIP:
+        return "default", True
+    if name.endswith("+" + FLIP):
+        return name[: -len(FLIP) - 1] or "default", True
+    return name, False
+
+
+def flip_average(fn: Callable[[Any], Any], x: Any) -> Any:
+    """``(fn(x) + fn(x flipped left-right)) / 2`` (logits)."""
+    return (fn(x) + fn(x.flip(-1))) / 2
 
 
 def get_inference(model: nn.Module, name: str = "default") -> Callable[[Any], Any]:
-    """The callable for inference variant ``name`` of ``model`` (``default`` = the model itself)."""
+    """The callable for inference variant ``name`` of ``model`` (``default`` = the model itself;
+    ``flip`` / ``<variant>+flip`` = that variant averaged with the horizontally flipped images)."""
     if name in ("", "default"):
         return model
+    base, flip = split_flip(name)
+    if flip:
+        import functools
+
+        return functools.partial(flip_average, get_inference(model, base))
     method = getattr(model, "fgir_inference", {}).get(name)
     if method is None:
         from ...registry import suggest
