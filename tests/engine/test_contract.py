@@ -332,3 +332,11 @@ def test_import_tgda_writes_a_checkpoint_predict_accepts(tmp_path, capsys):
         assert_close(loaded(x), src(x), rtol=0, atol=0)
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "img.png")
     assert main(["predict", str(tmp_path / "s.safetensors"), str(tmp_path / "img.png"), "--device", "cpu"]) == 0
+
+
+def test_eval_with_the_flip_variant_runs_and_says_so(tiny_root, tmp_path, capsys):
+    train(tiny_cfg(tiny_root, tmp_path, "optim.epochs=1", "data.test_split="))
+    assert main(["eval", str(tmp_path / "t"), "--split", "val", "--inference", "flip", "--out",
+                 str(tmp_path / "ev")]) == 0
+    summary = json.loads(next((tmp_path / "ev").glob("*.json")).read_text())
+    assert summary["inference"] == "flip"

@@ -144,6 +144,7 @@ def evaluate_checkpoint(path: str, split: str = "test", root: str = "", out: str
                         desc=f"eval {split}", predict_fn=lambda x: fn(to_model_size(x, size)))
     res = acc.compute()
     res.update(_longtail(cfg, ds.num_classes, res["per_class"], warn))
+    res.update({"checkpoint": str(ck), "split": split, "inference": variant or "default"})  # provenance in the json
     suffix = f"_{variant}" if variant not in ("", "default") else ""
     out_dir = Path(out) if out else _default_out_dir(ck, split, suffix)
     summary = write_eval_outputs(out_dir, split, acc, res, ds.class_names,
