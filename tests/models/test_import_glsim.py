@@ -167,3 +167,10 @@ def test_cli_unknown_model_name_is_one_line(tmp_path, capsys):
     assert main(["import", "glsim", str(ns_bad), "--out", str(tmp_path / "g.safetensors")]) != 0
     err = capsys.readouterr().err
     assert "swin_b" in err and "--model" in err and "Traceback" not in err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.pth").write_text("not a checkpoint\n")
+    assert main(["import", "glsim", str(tmp_path / "notes.pth"), "--out", str(tmp_path / "g.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "not a PyTorch checkpoint" in err and "notes.pth" in err and "Traceback" not in err

@@ -233,3 +233,8 @@ def test_census_counts_per_top_level_module():
     assert c["total"] == sum(p.numel() for p in model.parameters())
     assert c["trainable"] == model.fc.weight.numel() + model.fc.bias.numel() == c["modules"]["fc"]["trainable"]
     assert sum(r["total"] for r in c["modules"].values()) == c["total"]
+
+
+def test_flip_twice_is_refused():
+    with pytest.raises(ConfigError, match="flip twice"):
+        build_model(_cfg("model.name=test_resnet", "model.inference=flip+flip"), 3)

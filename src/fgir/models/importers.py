@@ -263,6 +263,9 @@ def read_reference_checkpoint(path: str | Path, extra_keys: Iterable[str] = ()) 
     :data:`CONFIG_WHITELIST` (plain values only). Returns what :func:`read_tgda_checkpoint` does."""
     path = Path(path)
     keys = (*CONFIG_WHITELIST, *extra_keys)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a PyTorch checkpoint (torch.save zip archive); the legacy pre-1.6 format is "
+                         "not read either (re-save it with a recent PyTorch in a sandbox).")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         config = {}

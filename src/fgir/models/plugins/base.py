@@ -146,7 +146,10 @@ def split_flip(name: str) -> tuple[str, bool]:
     if name == FLIP:
         return "default", True
     if name.endswith("+" + FLIP):
-        return name[: -len(FLIP) - 1] or "default", True
+        base = name[: -len(FLIP) - 1] or "default"
+        if split_flip(base)[1]:
+            raise ValueError(f"inference variant '{name}': flip twice is the image itself; use one '+flip'.")
+        return base, True
     return name, False
 
 
