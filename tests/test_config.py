@@ -98,3 +98,11 @@ def test_override_indexes_into_a_list_set_by_an_earlier_override():
 def test_override_into_an_earlier_non_dict_value_is_a_config_error(items, message):
     with pytest.raises(ConfigError, match=message):
         parse_overrides(items)
+
+
+@pytest.mark.parametrize("override, key", [("optim.epochs=0", "optim.epochs"),
+                                           ("optim.batch_size=0", "optim.batch_size"),
+                                           ("data.img_size=-5", "data.img_size")])
+def test_non_positive_sizes_name_their_own_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')} must be > 0"):
+        load_config(overrides=[override]).validate()

@@ -242,6 +242,8 @@ class Config:
         _check_choice("optim.amp", self.optim.amp, ["none", "bf16", "fp16"])
         _check_choice("optim.sched", self.optim.sched, ["cosine", "step", "constant"])
         _check_choice("optim.sched_unit", self.optim.sched_unit, ["step", "epoch"])
+        if self.optim.epochs <= 0:
+            raise ConfigError(f"optim.epochs must be > 0, got {self.optim.epochs}.")
         if self.optim.cooldown_epochs >= self.optim.epochs:
             raise ConfigError(f"optim.cooldown_epochs={self.optim.cooldown_epochs} must be < optim.epochs="
                               f"{self.optim.epochs}.")
