@@ -66,6 +66,8 @@ class ModelConfig:
     """model.checkpoint must provide every non-head tensor with the right shape; false = load what fits and list what was skipped."""
     img_size: int = 0
     """Input size a fixed-size model (timm ViTs) is built for; 0 = data.img_size (position embeddings are resampled from pretrained weights)."""
+    norm_eps: float = 0.0
+    """eps of every LayerNorm in the backbone (set before the plug-ins, which keep their own); 0 = the architecture's own (timm ViTs 1e-6); 1e-12 = the legacy JAX-converted ViTs of the GLSim / ILA / Animesion code."""
     drop_rate: float = 0.0
     """Dropout before the classifier."""
     drop_path_rate: float = 0.0
@@ -268,6 +270,9 @@ class Config:
                          ("optim.accum_steps", self.optim.accum_steps), ("run.eval_every", self.run.eval_every)]:
             if val <= 0:
                 raise ConfigError(f"{key} must be > 0, got {val}.")
+        if not 0 <= self.model.norm_eps < 0.1:
+            raise ConfigError(f"model.norm_eps must be 0 (the architecture's own) or a small positive eps, got "
+                              f"{self.model.norm_eps}.")
         if self.model.img_size < 0:
             raise ConfigError(f"model.img_size must be >= 0 (0 = data.img_size), got {self.model.img_size}.")
         d.split_fractions = _check_split_fractions(d.split_fractions)
@@ -300,6 +305,7 @@ FIELD_RULES: dict[str, tuple] = {
     "model.name": ("pattern", r"\S+", "a registered fgir or timm model name"),
     "model.checkpoint": ("checked", "the file is read when the model is built (missing: one-line error)"),
     "model.img_size": ("range", 0, _INF, True, False),
+    "model.norm_eps": ("range", 0, 0.1, True, False),
     "model.drop_rate": ("range", 0, 1, True, False),
     "model.drop_path_rate": ("range", 0, 1, True, False),
     "model.save": ("choice", ["full", "trainable"]),

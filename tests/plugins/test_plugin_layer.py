@@ -238,3 +238,27 @@ def test_census_counts_per_top_level_module():
 def test_flip_twice_is_refused():
     with pytest.raises(ConfigError, match="flip twice"):
         build_model(_cfg("model.name=test_resnet", "model.inference=flip+flip"), 3)
+
+
+# ----------------------------------------------------------------------------- model.norm_eps
+def test_norm_eps_sets_every_backbone_layernorm_but_not_the_plugins():
+    model = build_model(_cfg("model.name=vit_tiny_patch16_224", "model.norm_eps=1e-12",
+                             "model.plugins=[{name: glsim, top_o: 2, aggregator_norm_eps: 1e-5}]"), 3)
+    eps = {n: m.eps for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert all(v == 1e-12 for n, v in eps.items() if n.startswith("backbone."))
+    assert eps["aggregator_norm"] == 1e-5 and eps["aggregator.0.norm1"] == 1e-5  # the plug-in keeps its own
+
+
+def test_norm_eps_changes_the_logits_of_a_vit():
+    torch.manual_seed(0)
+    a = build_model(_cfg("model.name=vit_tiny_patch16_224"), 3).eval()
+    b = build_model(_cfg("model.name=vit_tiny_patch16_224", "model.norm_eps=0.05"), 3).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(a(x), b(x), atol=1e-4)
+
+
+def test_norm_eps_on_a_model_without_layernorm_is_refused():
+    with pytest.raises(ConfigError, match="has no LayerNorm"):
+        build_model(_cfg("model.name=test_resnet", "model.norm_eps=1e-12"), 3)

@@ -35,6 +35,18 @@ def _fixed_input_size(name: str) -> bool:
     return bool(getattr(pc, "fixed_input_size", False)) if pc is not None else False
 
 
+def _set_norm_eps(model: nn.Module, eps: float, name: str) -> nn.Module:
+    """``model.norm_eps``: the eps of every ``nn.LayerNorm`` (subclasses included) of the backbone."""
+    if not eps:
+        return model
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    if not norms:
+        raise ConfigError(f"model.norm_eps={eps}: model '{name}' has no LayerNorm; leave model.norm_eps at 0.")
+    for m in norms:
+        m.eps = float(eps)
+    return model
+
+
 def create_backbone(cfg: Config, num_classes: int) -> nn.Module:
     """The registry model of ``cfg.model`` with a ``num_classes``-way head (no plug-ins)."""
     m = cfg.model
@@ -52,7 +64,8 @@ def create_backbone(cfg: Config, num_classes: int) -> nn.Module:
     attempts = [kwargs] + ([{k: v for k, v in kwargs.items() if k != "img_size"}] if size_optional else [])
     for i, kw in enumerate(attempts):
         try:
-            return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, **kw)
+            return _set_norm_eps(create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, **kw),
+                                 m.norm_eps, m.name)
         except TypeError as e:
             if i + 1 < len(attempts) and "img_size" in str(e):
                 continue

@@ -29,8 +29,8 @@ numbers; ``--crop-cls separate`` loads ``anchor_class_token`` as our separate cr
 The plug-in entry is the legacy-parity preset of spec §9 (reference box, aggregator LN eps
 1e-12) with the recorded ``dynamic_top`` as ``top_o`` (the value saved is already the one the run
 used, so no per-dataset override is applied again). The input size comes from the recorded
-``image_size`` or, failing that, from the position-embedding length. The encoder's LayerNorms are
-timm's (eps 1e-6 against the legacy 1e-12): numerically negligible, not bit-identical.
+``image_size`` or, failing that, from the position-embedding length. The encoder's LayerNorms get
+the legacy eps 1e-12 (``model.norm_eps``; timm's default is 1e-6).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
     entry = {"name": "glsim", "top_o": int(top_o or ref.get("dynamic_top") or 8), "top_o_dataset_overrides": {},
              "crop_cls": crop_cls, "crop_box": "reference", "aggregator_norm_eps": 1e-12,
              "aggregator_depth": sum(1 for k in state if re.match(r"^aggregator\.\d+\.norm1\.weight$", k))}
-    cfg: Config = from_dict(Config, {"model": {"name": name, "plugins": [entry]},
+    cfg: Config = from_dict(Config, {"model": {"name": name, "plugins": [entry], "norm_eps": 1e-12},
                                      "data": {"name": dataset or "imported", "root": root, "img_size": size,
                                               "mean": list(mean), "std": list(std)}})
     model = build_model(cfg.validate(), num_classes)

@@ -26,8 +26,8 @@ normalised patch tokens on GAP models such as ViTFS (no CLS; registers are skipp
 
 NOTE: the legacy-parity preset (spec §9) is: ``crop_cls: shared``, ``crop_box: reference``,
 ``aggregator_norm_eps: 1e-12``, ``head_init: zeros``, constant DropPath/dropout in the aggregator
-(``aggregator_drop_path`` / ``aggregator_proj_drop``). Block norms of the encoder are timm's
-(eps 1e-6), not 1e-12: numerically negligible, not bit-identical.
+(``aggregator_drop_path`` / ``aggregator_proj_drop``), and ``model.norm_eps: 1e-12`` for the
+encoder's LayerNorms (timm's default is 1e-6).
 """
 
 from __future__ import annotations
