@@ -491,3 +491,40 @@ def test_select_top_k_allocates_no_crop_cls_token():
     assert tiny_glsim(mode="select_top_k").crop_cls_token is None
     with pytest.raises(ValueError, match="unused"):
         tiny_glsim(mode="select_top_k", crop_cls="separate")
+
+
+# ----------------------------------------------------------------------------- sim_metric: rollout (ablation)
+def test_rollout_selects_the_top_o_of_the_first_pass_rollout():
+    from fgir.models.plugins.selection import record_attention, rollout_scores
+
+    model = tiny_glsim(sim_metric="rollout").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with record_attention(model.backbone) as rec:
+            model.backbone.forward_features(x)
+        expect = rollout_scores(rec.probs, 1).topk(4, dim=1).indices.sort(dim=1).values
+        out = model.forward_glsim(x)
+    assert torch.equal(out["indices"].sort(dim=1).values, expect)
+    assert_close(out["gls"], rollout_scores(rec.probs, 1), atol=1e-6, rtol=1e-6)
+
+
+def test_rollout_leaves_the_logits_path_unchanged_but_the_crop():
+    # same weights, same boxes -> same logits: the selector only changes which box is cropped
+    torch.manual_seed(0)
+    a = tiny_glsim(sim_metric="rollout", head_init="default").eval()
+    b = tiny_glsim(head_init="default").eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        boxes = a.forward_glsim(x)["boxes"]
+        h = b.backbone.forward_features(x)
+        with b._crop_cls():
+            hc = b.backbone.forward_features(crop_resize(x, boxes))
+        z = torch.stack([b.backbone.forward_head(h, pre_logits=True), b.backbone.forward_head(hc, pre_logits=True)], 1)
+        assert_close(a(x), b.forward_head(b._aggregate(z)), atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_on_a_backbone_without_class_token_is_refused():
+    with pytest.raises(ValueError, match="no class token"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_glsim(create_model("vitfs_nano", num_classes=5), GLSimConfig(top_o=4, sim_metric="rollout"))

@@ -54,7 +54,7 @@ __all__ = [
     "SIM_METRICS", "CROP_BOXES",
 ]
 
-SIM_METRICS = ("cos", "l1", "l2", "random")
+SIM_METRICS = ("cos", "l1", "l2", "random", "rollout")
 CROP_BOXES = ("reference", "inclusive")
 COS_EPS = 1e-8
 
@@ -73,7 +73,8 @@ class GLSimConfig(PluginConfig):
     dataset: str = ""
     """Dataset the overrides are looked up for; empty = data.name (filled in when the config is validated)."""
     sim_metric: str = "cos"
-    """GLS score: cos (O largest), l1 / l2 (O smallest mean abs / squared distance), random (ablation)."""
+    """GLS score: cos (O largest), l1 / l2 (O smallest mean abs / squared distance); ablations: random, rollout
+    (the CLS row of the first pass's attention rollout, the RAMS-Trans / AF-Trans selector; needs a class token)."""
     crop_box: str = "reference"
     """reference = the code's end-exclusive box (last selected row/column cut off); inclusive = the figure's box."""
     crop_cls: str = "auto"
@@ -302,6 +303,9 @@ class GLSimModel(nn.Module):
         if not isinstance(dim, int) or dim <= 0:
             raise TypeError(f"GLSim needs backbone.num_features; {type(backbone).__name__} has {dim!r}.")
         cls = getattr(backbone, "cls_token", None)
+        if cfg.sim_metric == "rollout" and not isinstance(cls, nn.Parameter):
+            raise ValueError(f"glsim sim_metric=rollout reads the class token's row of the attention rollout; "
+                             f"{type(backbone).__name__} has no class token. Use sim_metric: cos.")
         if cfg.mode == "select_top_k" and cfg.crop_cls == "separate":
             raise ValueError("glsim mode=select_top_k encodes no crop, so crop_cls='separate' would be an unused "
                              "parameter; use crop_cls: auto or shared.")
@@ -406,9 +410,11 @@ class GLSimModel(nn.Module):
                              f"{self.num_prefix_tokens} prefix tokens.")
         return self.backbone.forward_head(h, pre_logits=True), patches, grid
 
-    def select(self, x: torch.Tensor, h: torch.Tensor, make_crops: bool = True):
+    def select(self, x: torch.Tensor, h: torch.Tensor, make_crops: bool = True,
+               scores: torch.Tensor | None = None):
         """Scores, indices, boxes and crops (None without ``make_crops``) for images ``x`` and their
-        first-pass tokens ``h`` (no gradient)."""
+        first-pass tokens ``h`` (no gradient); ``scores`` (``B x g^2``, larger = selected) replace GLS
+        (the rollout ablation)."""
         cfg = self.glsim_cfg
         s = x.shape[-1]
         if x.shape[-2] != s:
@@ -416,7 +422,10 @@ class GLSimModel(nn.Module):
         with torch.no_grad():
             g, patches, grid = self._tokens(h)
             o = resolve_top_o(cfg, s)
-            if cfg.sim_metric == "random":  # reference anchor_random: uniform, with replacement, score ignored
+            if scores is not None:
+                scores = scores.detach().float()
+                idx = select_top_o(scores, o)
+            elif cfg.sim_metric == "random":  # reference anchor_random: uniform, with replacement, score ignored
                 scores = torch.zeros(patches.shape[:2], device=x.device)
                 select_top_o(scores, o)  # same O <= g^2 check
                 idx = torch.randint(0, patches.shape[1], (patches.shape[0], o), device=x.device)
@@ -430,14 +439,24 @@ class GLSimModel(nn.Module):
                 crops = crop(x.detach(), boxes)
         return scores, idx, boxes, crops
 
+    def _first_pass(self, x: torch.Tensor):
+        """``forward_features`` of the images and, for ``sim_metric: rollout``, the rollout scores."""
+        if self.glsim_cfg.sim_metric != "rollout":
+            return self.backbone.forward_features(x), None
+        from .selection import record_attention, rollout_scores
+
+        with record_attention(self.backbone, detach=True) as rec:
+            h = self.backbone.forward_features(x)
+        return h, rollout_scores(rec.probs, self.num_prefix_tokens)
+
     def _passes(self, x: torch.Tensor):
-        h = self.backbone.forward_features(x)
+        h, pre = self._first_pass(x)
         if self.glsim_cfg.mode == "select_top_k":
-            scores, idx, boxes, _ = self.select(x, h, make_crops=False)
+            scores, idx, boxes, _ = self.select(x, h, make_crops=False, scores=pre)
             g, patches, _ = self._tokens(h)
             picked = patches.gather(1, idx[..., None].expand(-1, -1, patches.shape[-1]))  # keeps the gradient
             return torch.cat([g[:, None], picked], dim=1), scores, idx, boxes, None
-        scores, idx, boxes, crops = self.select(x, h)
+        scores, idx, boxes, crops = self.select(x, h, scores=pre)
         with self._crop_cls():
             hc = self.backbone.forward_features(crops)
         g = self.backbone.forward_head(h, pre_logits=True)

@@ -66,11 +66,13 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def record_attention(model: nn.Module, blocks: Sequence[int] | None = None) -> Iterator[AttentionRecord]:
+def record_attention(model: nn.Module, blocks: Sequence[int] | None = None,
+                     detach: bool = False) -> Iterator[AttentionRecord]:
     """Record the attention scores of ``blocks`` (default: all) during forwards inside the context.
 
     The scores are recomputed from the hooked ``q`` and ``k`` (``q·scale @ kᵀ``), independent of
-    the fused-attention switch; the model's own outputs are unchanged.
+    the fused-attention switch; the model's own outputs are unchanged. ``detach``: record them
+    outside autograd (for a selection that carries no gradient).
     """
     mods = attention_modules(model)
     idx = range(len(mods)) if blocks is None else list(blocks)
@@ -84,7 +86,10 @@ def record_attention(model: nn.Module, blocks: Sequence[int] | None = None) -> I
             state["q"] = out
 
         def score(_m, _inp, k, state=state, attn=attn):
-            rec.scores.append((state.pop("q").float() * attn.scale) @ k.float().transpose(-2, -1))
+            q = state.pop("q")
+            if detach:
+                q, k = q.detach(), k.detach()
+            rec.scores.append((q.float() * attn.scale) @ k.float().transpose(-2, -1))
 
         handles += [attn.q_norm.register_forward_hook(keep_q), attn.k_norm.register_forward_hook(score)]
     try:
