@@ -153,5 +153,5 @@ def test_registered_export_form_is_used():
 
 
 def test_export_of_an_unknown_variant_lists_the_available_ones(ckpts):
-    with pytest.raises(ValueError, match=r"available: \['default', 'tta'\]"):
+    with pytest.raises(ValueError, match=r"available: \['default', 'flip', 'tta'\]"):
         export_form(load_model(ckpts["cal_teacher"]), "multiscale")
