@@ -174,3 +174,17 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["import", "glsim", str(tmp_path / "notes.pth"), "--out", str(tmp_path / "g.safetensors")]) != 0
     err = capsys.readouterr().err
     assert "not a PyTorch checkpoint" in err and "notes.pth" in err and "Traceback" not in err
+
+
+def test_import_reports_whether_the_anchor_token_was_trained(tmp_path):
+    from fgir.engine.import_glsim import anchor_report
+
+    sd = _legacy_state()
+    assert anchor_report(sd).startswith("differs from class_token")
+    sd["anchor_class_token"] = sd["class_token"].clone()  # the legacy code copies it and never updates it
+    assert anchor_report(sd).startswith("equal to class_token")
+    del sd["anchor_class_token"]
+    assert anchor_report(sd) == "absent"
+    res = import_glsim(str(_save(tmp_path / "cub.pth", sd)), str(tmp_path / "g.safetensors"),
+                       model_name="vit_tiny_patch16_224")
+    assert res["anchor_class_token"] == "absent"

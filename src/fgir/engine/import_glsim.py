@@ -131,6 +131,7 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
     raw = read_reference_checkpoint(src, extra_keys=("dynamic_top", "custom_mean_std"))
     ref = raw["config"]
     state = map_glsim_state(raw["model"], crop_cls)
+    anchor = anchor_report(raw["model"])
     if "head.weight" not in state or "backbone.pos_embed" not in state:
         raise ValueError(f"{src}: no head.weight / positional_embedding in the state dict; is this a ViTGLSim "
                          "checkpoint?")
@@ -163,4 +164,19 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
     meta["source"] = {"file": src.name, "reference_config": ref}
     path = ckpt.save_weights(model, out, meta)
     return {"checkpoint": str(path), "model": name, "num_classes": num_classes, "img_size": size,
-            "top_o": entry["top_o"], "crop_cls": crop_cls}
+            "top_o": entry["top_o"], "crop_cls": crop_cls, "anchor_class_token": anchor}
+
+
+def anchor_report(src: Mapping[str, torch.Tensor]) -> str:
+    """Whether the checkpoint's ``anchor_class_token`` was trained (spec §5 leaves it open for the
+    released files): absent, equal to its initial copy of ``class_token``, or different."""
+    src = {k[len("module."):] if k.startswith("module.") else k: v for k, v in src.items()}
+    a, c = src.get("anchor_class_token"), src.get("class_token")
+    if a is None:
+        return "absent"
+    if c is None or a.shape != c.shape:
+        return "present, not comparable with class_token"
+    diff = float((a.float() - c.float()).abs().max())
+    return ("equal to class_token (never trained: crop_cls shared is what ran)" if diff == 0 else
+            f"differs from class_token (max |difference| {diff:.3g}): it may have been trained; crop_cls separate "
+            "loads it")
