@@ -101,6 +101,32 @@ class Task(nn.Module):
         fn = getattr(self.model, "no_weight_decay", None)
         return {f"model.{n}" for n in (fn() if callable(fn) else ())}
 
+    def group_matcher(self, coarse: bool = False) -> dict | None:
+        """timm's layer grouping (``optim.layer_decay``) of the deployed model's backbone, rewritten into
+        the Task's parameter names; the backbone is the model or, for a wrapping plug-in (GLSim), its
+        ``backbone``. None when it has no ``group_matcher``."""
+        import re
+
+        root, prefix = self.model, "model."
+        while not callable(getattr(root, "group_matcher", None)) and isinstance(getattr(root, "backbone", None),
+                                                                                 nn.Module):
+            root, prefix = root.backbone, prefix + "backbone."
+        fn = getattr(root, "group_matcher", None)
+        if not callable(fn):
+            return None
+
+        def scoped(rx: str) -> str:  # '^a|b' -> '^model\.(?:a|b)': every alternative under the prefix
+            body = rx[1:] if rx.startswith("^") else rx
+            return "^" + re.escape(prefix) + "(?:" + body.replace("|^", "|") + ")"
+
+        out: dict = {}
+        for name, spec in fn(coarse=coarse).items():
+            if spec is None or isinstance(spec, str):
+                out[name] = spec if spec is None else scoped(spec)
+            else:
+                out[name] = [(scoped(rx), suffix) for rx, suffix in spec]
+        return out
+
     def on_train_start(self) -> None:
         """Called when the loop puts the task in train mode (frozen parts go back to eval)."""
 

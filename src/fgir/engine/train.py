@@ -118,8 +118,20 @@ def build_optimizer(cfg: Config, task: torch.nn.Module) -> torch.optim.Optimizer
             cls = None  # an unknown name: create_optimizer_v2 reports it below
         if cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad):
             kw["fused"] = True
+    if cfg.optim.layer_decay:
+        if task.group_matcher() is None:
+            raise ConfigError(f"optim.layer_decay={cfg.optim.layer_decay}: model '{cfg.model.name}' has no timm "
+                              "group_matcher to assign parameters to layers (timm ViTs, ResNets, ConvNeXts ... have "
+                              "one); leave optim.layer_decay at 0.")
+        kw["layer_decay"] = cfg.optim.layer_decay
     return create_optimizer_v2(task, opt=cfg.optim.opt, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                momentum=cfg.optim.momentum, **kw)
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's lr (param group 0 without its layer-decay ``lr_scale``)."""
+    g = optimizer.param_groups[0]
+    return g["lr"] / g.get("lr_scale", 1.0) if g.get("lr_scale") else g["lr"]
 
 
 class EpochScheduler:
@@ -695,11 +707,11 @@ def _train_one_epoch(cfg, ddp, task, loader, optimizer, scheduler, scaler, ema, 
             if k.startswith("loss_") and isinstance(v, torch.Tensor) and v.numel() == 1:
                 parts[k] = parts.get(k, 0.0) + float(v.detach()) * b
         correct += (out["logits"].argmax(-1) == batch["label"]).sum().item()
-        bar.set_postfix(loss=f"{loss_sum / n_img:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.set_postfix(loss=f"{loss_sum / n_img:.3f}", lr=f"{base_lr(optimizer):.2e}")
     dt = time.time() - t0
     return {"train_loss": loss_sum / max(n_img, 1), "train_top1": 100.0 * correct / max(n_img, 1),
             **{f"train_{k}": v / max(n_img, 1) for k, v in sorted(parts.items())},
-            "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(n_img * info.world / max(dt, 1e-9), 2),
+            "lr": base_lr(optimizer), "img_per_s": round(n_img * info.world / max(dt, 1e-9), 2),
             "step": step}
 
 
