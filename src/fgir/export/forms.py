@@ -64,7 +64,9 @@ class _Flip(nn.Module):
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.inner(x) + self.inner(x.flip(-1))) / 2
+        from ..models.plugins.base import flip_average
+
+        return flip_average(self.inner, x)
 
 
 def register_export_form(model: nn.Module, method: str, variant: str) -> None:
