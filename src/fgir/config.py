@@ -66,6 +66,8 @@ class ModelConfig:
     """model.checkpoint must provide every non-head tensor with the right shape; false = load what fits and list what was skipped."""
     img_size: int = 0
     """Input size a fixed-size model (timm ViTs) is built for; 0 = data.img_size (position embeddings are resampled from pretrained weights)."""
+    grad_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass (timm's set_grad_checkpointing; through wrapping plug-ins such as GLSim): less training memory for more time. Refused with BatchNorm in the model (a recomputed block would update its running statistics twice) and with the token path."""
     norm_eps: float = 0.0
     """eps of every LayerNorm in the backbone (set before the plug-ins, which keep their own); 0 = the architecture's own (timm ViTs 1e-6); 1e-12 = the legacy JAX-converted ViTs of the GLSim / ILA / Animesion code."""
     drop_rate: float = 0.0

@@ -262,3 +262,34 @@ def test_norm_eps_changes_the_logits_of_a_vit():
 def test_norm_eps_on_a_model_without_layernorm_is_refused():
     with pytest.raises(ConfigError, match="has no LayerNorm"):
         build_model(_cfg("model.name=test_resnet", "model.norm_eps=1e-12"), 3)
+
+
+# ----------------------------------------------------------------------------- model.grad_checkpointing
+def _grads(*over):
+    torch.manual_seed(0)
+    model = build_model(_cfg("model.name=vit_tiny_patch16_224", "model.kwargs={depth: 2}", *over), 3).train()
+    torch.manual_seed(1)
+    model(torch.rand(2, 3, 32, 32)).logsumexp(1).sum().backward()
+    return model, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("plugins", ["[]", "[{name: glsim, top_o: 2, head_init: default}]"])
+def test_grad_checkpointing_gives_the_same_gradients(plugins):
+    ref_model, ref = _grads(f"model.plugins={plugins}")
+    model, got = _grads(f"model.plugins={plugins}", "model.grad_checkpointing=true")
+    backbone = getattr(model, "backbone", model)
+    assert backbone.grad_checkpointing and not getattr(ref_model, "backbone", ref_model).grad_checkpointing
+    assert set(got) == set(ref)
+    for n in ref:
+        assert_close(got[n], ref[n], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("over, match", [
+    (["model.name=vitfs_nano", "data.img_size=64"], "BatchNorm"),
+    (["model.name=vit_tiny_patch16_224", "model.plugins=[token_reduction]"], "gradient checkpointing"),
+    (["model.name=vit_tiny_patch16_224", "data.img_size=64", "model.plugins=[{name: ila, ds_locs: [3]}]"],
+     "BatchNorm"),
+])
+def test_grad_checkpointing_is_refused_where_it_would_be_wrong(over, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model(_cfg(*over, "model.grad_checkpointing=true"), 3)

@@ -47,6 +47,19 @@ def _set_norm_eps(model: nn.Module, eps: float, name: str) -> nn.Module:
     return model
 
 
+def _grad_checkpointing(model: nn.Module, name: str) -> None:
+    """``model.grad_checkpointing``: timm's ``set_grad_checkpointing(True)`` on the backbone."""
+    root = model
+    while not callable(getattr(root, "set_grad_checkpointing", None)) and isinstance(getattr(root, "backbone", None),
+                                                                                     nn.Module):
+        root = root.backbone
+    fn = getattr(root, "set_grad_checkpointing", None)
+    if not callable(fn):
+        raise ConfigError(f"model.grad_checkpointing=true: model '{name}' has no set_grad_checkpointing (timm models "
+                          "have one). Leave it false.")
+    fn(True)
+
+
 def create_backbone(cfg: Config, num_classes: int) -> nn.Module:
     """The registry model of ``cfg.model`` with a ``num_classes``-way head (no plug-ins)."""
     m = cfg.model
@@ -107,10 +120,17 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
     if m.checkpoint and not after:
         load(model)
+    if m.grad_checkpointing:
+        _grad_checkpointing(model, m.name)
     try:
         model = apply_plugins(model, m.plugins)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.plugins on '{m.name}': {e}") from e
+    if m.grad_checkpointing:
+        bn = [n for n, mod in model.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+        if bn:
+            raise ConfigError(f"model.grad_checkpointing=true: the model has BatchNorm layers (e.g. {bn[0]}); a "
+                              "recomputed block would update their running statistics twice. Leave it false.")
     if after:
         load(model)
     apply_trainable(model, m.trainable)
