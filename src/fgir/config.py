@@ -81,7 +81,7 @@ class ModelConfig:
     trainable: list = field(default_factory=lambda: ["all"])
     """Which parameters train, applied after the plug-ins: presets all / head / plugins / backbone / none, or glob patterns over parameter names ('blocks.11.*'); a leading '!' removes matches."""
     inference: str = "default"
-    """Inference variant for validation, test, eval and predict: default, or one a plug-in adds (cal: tta)."""
+    """Inference variant for validation, test, eval and predict: default, flip (mean with the mirrored image, any model), one a plug-in adds (cal: tta; glsim: no-crop), or <variant>+flip."""
     save: str = "full"
     """What last/best.safetensors hold: full (every tensor) or trainable (trained parameters + buffers and a fingerprint of the frozen backbone; loading merges them onto model.checkpoint or the pretrained weights)."""
 
