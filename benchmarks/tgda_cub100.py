@@ -17,6 +17,11 @@ so an interrupted benchmark continues where it stopped (run the same command aga
    cross-entropy trained for the same wall-clock time as the TGDA student (more epochs, same
    schedule shape) on the first seed.
 Writes <out>/results.json and <out>/results.md.
+
+Each finished stage's result is also written to ``--record`` (committed in the repository), so the
+benchmark continues on a machine that lost ``--out``: recorded stages are not trained again, except
+the teacher when a student stage that needs it is still to run (it is retrained from the same seed
+and the script says whether it reproduces the recorded result).
 """
 
 from __future__ import annotations
@@ -36,12 +41,7 @@ TEACHER = "configs/recipes/cpu/cub100_cal_teacher_resnet18os16_64.yaml"
 STUDENT = "configs/recipes/cpu/cub100_student_lrnet14_64.yaml"
 
 
-def run_stage(name: str, cfg_file: str, overrides: list[str], out: Path) -> dict:
-    return stages.run_stage(name, [cfg_file], overrides, out)
-
-
-def val_top1(out: Path, name: str) -> float:
-    return stages.last_val_top1(out, name)
+RECORD = Path(__file__).parent / "results" / "tgda_cub100_stages.json"
 
 
 def summarise(runs: list[dict], key: str = "test_top1") -> dict:
@@ -61,7 +61,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path.home() / ".cache" / "fgir" / "bench" / "tgda_cub100_v2"),
                     help="stage folders (outside the work tree, so a later session on this machine can continue)")
+    ap.add_argument("--record", default=str(RECORD), help="JSON record of finished stages (kept in the work tree)")
     a = ap.parse_args()
+    record = Path(a.record)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,15 +78,20 @@ def main() -> None:
         return ["task.name=tgda", f"task.teacher={out / teacher}", f"task.temperature={temperature}",
                 "task.w_kd=1.0", f"task.views={views}"]
 
+    def run_stage(name: str, cfg_file: str, overrides: list[str], dependants: dict | None = None) -> dict:
+        """``dependants``: stages (name -> (config, overrides)) that load this stage's checkpoint."""
+        pending = [n for n, (c, o) in (dependants or {}).items() if stages.recorded(n, [c], o, out, record) is None]
+        return stages.run_stage(name, [cfg_file], overrides, out, record=record, need_checkpoint=bool(pending))
+
     chosen = a.temperatures[0]
     if "tune" in a.stages:
-        run_stage("tune_teacher", TEACHER, common + tune_split + [f"optim.epochs={a.teacher_epochs}"], out)
-        tune = {"teacher_val_top1": val_top1(out, "tune_teacher"), "tgda_val_top1": {}}
+        students = {f"tune_tgda_T{t:g}": (STUDENT, common + tune_split + kd("tune_teacher", t, "[crop,drop]")
+                                          + [f"optim.epochs={a.epochs}", "run.seed=0"]) for t in a.temperatures}
+        res = run_stage("tune_teacher", TEACHER, common + tune_split + [f"optim.epochs={a.teacher_epochs}"], students)
+        tune = {"teacher_val_top1": res["val_top1_last"], "tgda_val_top1": {}}
         for t in a.temperatures:
             name = f"tune_tgda_T{t:g}"
-            run_stage(name, STUDENT, common + tune_split + kd("tune_teacher", t, "[crop,drop]")
-                      + [f"optim.epochs={a.epochs}", "run.seed=0"], out)
-            tune["tgda_val_top1"][f"{t:g}"] = val_top1(out, name)
+            tune["tgda_val_top1"][f"{t:g}"] = run_stage(name, *students[name])["val_top1_last"]
         chosen = max(a.temperatures, key=lambda t: (tune["tgda_val_top1"][f"{t:g}"], -a.temperatures.index(t)))
         tune["chosen_temperature"] = chosen
         report["tune"] = tune
@@ -94,21 +101,25 @@ def main() -> None:
             prev = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
             chosen = prev.get("tune", {}).get("chosen_temperature", chosen)
             report["tune"] = prev.get("tune")
-        teacher = run_stage("teacher", TEACHER, common + final_split + [f"optim.epochs={a.teacher_epochs}"], out)
+        s0 = a.seeds[0]
         ways = {"ce": [], "tgda": kd("teacher", chosen, "[crop,drop]")}
+        student = {f"{way}_s{seed}": (STUDENT, common + final_split + ov
+                                      + [f"optim.epochs={a.epochs}", f"run.seed={seed}"])
+                   for seed in a.seeds for way, ov in ways.items()}
+        student[f"kd_s{s0}"] = (STUDENT, common + final_split + kd("teacher", chosen, "[]")
+                                + [f"optim.epochs={a.epochs}", f"run.seed={s0}"])
+        teacher = run_stage("teacher", TEACHER, common + final_split + [f"optim.epochs={a.teacher_epochs}"],
+                            {n: v for n, v in student.items() if not n.startswith("ce_")})
         runs: dict[str, list[dict]] = {w: [] for w in ways}
         for seed in a.seeds:
-            for way, ov in ways.items():
-                runs[way].append(run_stage(f"{way}_s{seed}", STUDENT, common + final_split + ov
-                                           + [f"optim.epochs={a.epochs}", f"run.seed={seed}"], out))
-        s0 = a.seeds[0]
-        runs["kd"] = [run_stage(f"kd_s{s0}", STUDENT, common + final_split + kd("teacher", chosen, "[]")
-                                + [f"optim.epochs={a.epochs}", f"run.seed={s0}"], out)]
+            for way in ways:
+                runs[way].append(run_stage(f"{way}_s{seed}", *student[f"{way}_s{seed}"]))
+        runs["kd"] = [run_stage(f"kd_s{s0}", *student[f"kd_s{s0}"])]
         # same wall-clock as the TGDA student: CE epochs scaled by the measured time ratio
         ratio = runs["tgda"][0]["train_time_s"] / runs["ce"][0]["train_time_s"]
         long_epochs = max(a.epochs, round(a.epochs * ratio))
         runs["ce_equal_time"] = [run_stage(f"ce_e{long_epochs}_s{s0}", STUDENT, common + final_split
-                                           + [f"optim.epochs={long_epochs}", f"run.seed={s0}"], out)]
+                                           + [f"optim.epochs={long_epochs}", f"run.seed={s0}"])]
         t_cost = model_cost("resnet18", 64, 100, plugins=[{"name": "cal", "logit_scale": 10.0}], output_stride=16)
         s_cost = model_cost("lrnet14", 64, 100)
         report.update({"chosen_temperature": chosen, "teacher": {"test_top1": teacher["test_top1"],
