@@ -44,8 +44,9 @@ import torch
 
 from ..config import Config, from_dict
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..models.importers import strip_ddp_prefix
 from . import checkpoint as ckpt
-from .import_tgda import _class_names
+from .import_tgda import resolve_class_names
 
 #: Legacy model names (pytorch-pretrained-vit configs) -> timm architectures.
 LEGACY_MODELS: dict[str, str] = {
@@ -70,7 +71,7 @@ def map_glsim_state(src: Mapping[str, torch.Tensor], crop_cls: str = "shared") -
     Raises:
         ValueError: naming every legacy key that does not map, or a block without all of q, k, v.
     """
-    src = {k[len("module."):] if k.startswith("module.") else k: v for k, v in src.items()}
+    src = {strip_ddp_prefix(k): v for k, v in src.items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
@@ -148,7 +149,7 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
         raise ValueError(f"{src}: cannot tell the input size (no image_size recorded, {cells} position cells); "
                          "pass --img-size.")
     num_classes = int(state["head.weight"].shape[0])
-    names = _class_names(num_classes, class_names, dataset, root)
+    names = resolve_class_names(num_classes, class_names, dataset, root)
     if not mean:
         mean, std = ((0.5,) * 3, (0.5,) * 3) if ref.get("custom_mean_std") else (IMAGENET_MEAN, IMAGENET_STD)
     entry = {"name": "glsim", "top_o": int(top_o or ref.get("dynamic_top") or 8), "top_o_dataset_overrides": {},
@@ -170,7 +171,7 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
 def anchor_report(src: Mapping[str, torch.Tensor]) -> str:
     """Whether the checkpoint's ``anchor_class_token`` was trained (spec §5 leaves it open for the
     released files): absent, equal to its initial copy of ``class_token``, or different."""
-    src = {k[len("module."):] if k.startswith("module.") else k: v for k, v in src.items()}
+    src = {strip_ddp_prefix(k): v for k, v in src.items()}
     a, c = src.get("anchor_class_token"), src.get("class_token")
     if a is None:
         return "absent"

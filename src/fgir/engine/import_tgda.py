@@ -15,7 +15,9 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from . import checkpoint as ckpt
 
 
-def _class_names(num_classes: int, class_names: str = "", dataset: str = "", root: str = "") -> list[str]:
+def resolve_class_names(num_classes: int, class_names: str = "", dataset: str = "", root: str = "") -> list[str]:
+    """An imported checkpoint's class names: from ``class_names`` (a file), the catalog ``dataset``, or
+    ``class_1 ...``; their number must equal the classifier's."""
     if class_names:
         p = Path(class_names)
         if not p.is_file():
@@ -69,7 +71,7 @@ def import_tgda(pth: str, out: str, model_name: str = "", img_size: int = 0, dat
     state = import_tgda_checkpoint(raw["model"], name)
     kwargs = tgda_model_kwargs(state, name)
     num_classes = int(kwargs.pop("num_classes"))
-    names = _class_names(num_classes, class_names, dataset, root)
+    names = resolve_class_names(num_classes, class_names, dataset, root)
     cfg: Config = from_dict(Config, {"model": {"name": name, "kwargs": kwargs},
                                      "data": {"name": dataset or "imported", "root": root, "img_size": size,
                                               "mean": list(mean), "std": list(std)}})

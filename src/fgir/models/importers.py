@@ -56,7 +56,7 @@ import torch
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_WHITELIST", "import_tgda_checkpoint", "read_reference_checkpoint", "read_tgda_checkpoint",
-           "save_imported", "tgda_model_kwargs"]
+           "save_imported", "strip_ddp_prefix", "tgda_model_kwargs"]
 
 #: Reference config keys worth keeping (tgda.md §14.1); only plain values are kept.
 CONFIG_WHITELIST: tuple[str, ...] = (
@@ -100,6 +100,11 @@ class _InertNamespace(_Inert):
 class _StorageRef:
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor  # flat 1-D tensor over the storage bytes
+
+
+def strip_ddp_prefix(key: str) -> str:
+    """``key`` without the ``module.`` prefix that a DDP-wrapped model adds."""
+    return key[len("module."):] if key.startswith("module.") else key
 
 
 def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *args: Any) -> Any:
@@ -370,7 +375,7 @@ def import_tgda_checkpoint(state_dict_or_path: Mapping[str, torch.Tensor] | str 
     out: dict[str, torch.Tensor] = {}
     outside, dropped = [], []
     for key, value in src.items():
-        k = key[len("module."):] if key.startswith("module.") else key
+        k = strip_ddp_prefix(key)
         if k.startswith(enc):
             k = k[len(enc):]
         elif k.startswith("model.dfsm.1."):
