@@ -32,3 +32,13 @@ def test_viz_kind_writes_a_png(kind, tiny_root, tmp_path):
     (out,) = run_viz(kind, run, img, out=tmp_path / f"{kind}.png")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_glsim_viz_draws_the_selected_tokens_in_select_top_k_mode(tiny_root, tmp_path):
+    cfg = tiny_cfg(tiny_root, tmp_path, *VIT, "model.plugins=[{name: glsim, top_o: 2, mode: select_top_k}]",
+                   "run.name=topk")
+    run = train(cfg)["run_dir"]
+    img = next((tiny_root / "images").rglob("*.png"))
+    (out,) = run_viz("glsim", run, img, out=tmp_path / "topk.png")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 200

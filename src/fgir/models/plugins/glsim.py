@@ -537,9 +537,18 @@ def _register_viz() -> None:
         p = s // grid
         sim = res["gls"][0].float().reshape(grid, grid).cpu()
         y0, y1, x0, x1 = res["boxes"][0].tolist()
-        disp = torch.from_numpy(shown).permute(2, 0, 1)[None].float()
-        crop = crop_resize(disp, res["boxes"][:1].cpu())[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
         cfg = model.glsim_cfg
+        crop_mode = cfg.mode == "crop"
+        if crop_mode:
+            disp = torch.from_numpy(shown).permute(2, 0, 1)[None].float()
+            third = crop_resize(disp, res["boxes"][:1].cpu())[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
+        else:  # select_top_k: no crop; the selected patches' tokens go to the aggregator, the rest are dimmed
+            keep = torch.zeros(grid * grid)
+            keep[res["indices"][0].cpu()] = 1.0
+            mask = keep.reshape(grid, grid).repeat_interleave(p, 0).repeat_interleave(p, 1)
+            mask = torch.nn.functional.pad(mask, (0, s - grid * p, 0, s - grid * p))[..., None].numpy()
+            third = (shown * (0.25 + 0.75 * mask)).clip(0, 255).astype("uint8")
+        top = res["indices"].shape[1]
         fig, axes = plt.subplots(1, 3, figsize=(11.5, 4.0), constrained_layout=True)
         axes[0].imshow(shown)
         axes[0].set_title("input (test transform)")
@@ -547,12 +556,14 @@ def _register_viz() -> None:
         im = axes[1].imshow(sim.numpy(), cmap="magma", alpha=0.55, extent=(0, s, s, 0), interpolation="nearest")
         for i in res["indices"][0].tolist():
             axes[1].add_patch(Rectangle(((i % grid) * p, (i // grid) * p), p, p, fill=False, ec="cyan", lw=1.2))
-        axes[1].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=2.5, ls="--"))
+        if crop_mode:
+            axes[1].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=2.5, ls="--"))
         fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02, label=f"GLS ({cfg.sim_metric})")
-        axes[1].set_title(f"GLS map, top-{res['indices'].shape[1]} (cyan), {cfg.crop_box} box (green)")
-        axes[2].imshow(crop)
-        axes[2].set_title(f"crop rows [{y0},{y1}) x cols [{x0},{x1}) -> {s}x{s}" if cfg.mode == "crop" else
-                          f"box rows [{y0},{y1}) x cols [{x0},{x1}) (select_top_k: not encoded)")
+        axes[1].set_title(f"GLS map, top-{top} (cyan), {cfg.crop_box} box (green)" if crop_mode
+                          else f"GLS map, top-{top} patches (cyan)")
+        axes[2].imshow(third)
+        axes[2].set_title(f"crop rows [{y0},{y1}) x cols [{x0},{x1}) -> {s}x{s}" if crop_mode
+                          else f"to the aggregator: global + top-{top} (no crop)")
         pred = int(res["logits"][0].argmax())
         names = (getattr(model, "fgir_meta", None) or {}).get("class_names") or []
         fig.suptitle(f"GLSim: predicted {names[pred] if pred < len(names) else pred}", fontsize=11)
