@@ -224,3 +224,16 @@ def test_distributed_compute_gathers_unequal_ranks_and_drops_repeats(tmp_path):
         assert (got["n"], got["dropped"], got["ids"]) == (8, 1, list(range(8)))
         _close(got["top1"], expected["top1"])
         torch.testing.assert_close(got["cm"], expected["confusion_matrix"], rtol=0, atol=0)
+
+
+def test_class_deviation_of_a_single_class_is_json_null_and_a_dash_in_the_summary():
+    import json
+
+    from fgir.engine.metrics import summary_line
+
+    acc = MetricAccumulator(2)
+    acc.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
+    with pytest.warns(UserWarning, match="1 of 2 classes have no test images"):
+        r = acc.compute()
+    assert r["class_deviation"] is None and '"class_deviation": null' in json.dumps(r, default=str)
+    assert "mpca 50.00 ± –" in summary_line(r)

@@ -15,7 +15,6 @@ batch by repeating images) are dropped so each test image counts exactly once.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import statistics
 import warnings
@@ -223,10 +222,11 @@ class MetricAccumulator:
 
         Returns:
             A dict with ``top1``, ``top5`` (only when K >= 5), ``mean_per_class_acc``,
-            ``class_deviation`` (sample std, n-1, over classes with test images; NaN with fewer
-            than two), ``macro_f1`` (torchmetrics; classes neither present nor predicted are left
-            out), ``ece`` (15 bins, L1) — all in percent, unrounded — plus ``nll`` (mean, nats),
-            ``num_images``, ``num_classes``, ``empty_classes`` (ids with no test image),
+            ``class_deviation`` (sample std, n-1, over classes with test images; ``None`` with
+            fewer than two: NaN is not valid JSON), ``macro_f1`` (torchmetrics; classes neither
+            present nor predicted are left out), ``ece`` (15 bins, L1) — all in percent,
+            unrounded — plus ``nll`` (mean, nats), ``num_images``, ``num_classes``,
+            ``empty_classes`` (ids with no test image),
             ``per_class`` (K dicts: class_id, class_name, correct, total, accuracy; accuracy is
             None for empty classes) and ``confusion_matrix`` (K x K int64, rows = true class,
             columns = predicted).
@@ -273,7 +273,7 @@ class MetricAccumulator:
         if k_cls >= _TOPK:
             result["top5"] = 100.0 * int((top_i == labels[:, None]).any(1).sum()) / n
         result["mean_per_class_acc"] = statistics.fmean(accs)
-        result["class_deviation"] = statistics.stdev(accs) if len(accs) > 1 else math.nan
+        result["class_deviation"] = statistics.stdev(accs) if len(accs) > 1 else None
         result["macro_f1"] = 100.0 * float(multiclass_f1_score(
             pred, labels, num_classes=k_cls, average="macro", validate_args=False))
         # Equal to MulticlassCalibrationError(n_bins=15, norm="l1") on the full probabilities: that
@@ -439,7 +439,8 @@ def summary_line(result: dict[str, Any]) -> str:
     parts = [f"top1 {result['top1']:.2f}"]
     if "top5" in result:
         parts.append(f"top5 {result['top5']:.2f}")
-    parts.append(f"mpca {result['mean_per_class_acc']:.2f} ± {result['class_deviation']:.2f}")
+    dev = result["class_deviation"]
+    parts.append(f"mpca {result['mean_per_class_acc']:.2f} ± " + ("–" if dev is None else f"{dev:.2f}"))
     if "head_acc" in result:
         parts.append(f"head/med/tail (>{result['longtail_head_above']}/{result['longtail_tail_below']}-"
                      f"{result['longtail_head_above']}/<{result['longtail_tail_below']} train imgs) "
