@@ -528,3 +528,16 @@ def test_rollout_on_a_backbone_without_class_token_is_refused():
     with pytest.raises(ValueError, match="no class token"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         apply_glsim(create_model("vitfs_nano", num_classes=5), GLSimConfig(top_o=4, sim_metric="rollout"))
+
+
+def test_forward_intermediates_are_the_first_pass_encoders():
+    m = tiny_glsim().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        final, inter = m.forward_intermediates(x, indices=2)
+        ref_final, ref_inter = m.backbone.forward_intermediates(x, indices=2)
+    assert len(inter) == 2
+    assert_close(final, ref_final, atol=0, rtol=0)
+    for a, b in zip(inter, ref_inter):
+        assert_close(a, b, atol=0, rtol=0)
+    assert_close(final, m.backbone.forward_features(x), atol=1e-6, rtol=1e-5)

@@ -388,6 +388,17 @@ class GLSimModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_glsim(x)["logits"]
 
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        """timm's feature API on the first (global) pass: the encoder's per-block outputs for ``x``.
+
+        The crop's pass is the same encoder on ``forward_glsim(x)["crops"]``; call this method on
+        those crops for its intermediates. Arguments are the backbone's ``forward_intermediates``'s.
+        """
+        fn = getattr(self.backbone, "forward_intermediates", None)
+        if not callable(fn):
+            raise TypeError(f"{type(self.backbone).__name__} has no forward_intermediates (timm feature API).")
+        return fn(x, *args, **kwargs)
+
     # ------------------------------------------------------------------ method
     @contextlib.contextmanager
     def _crop_cls(self):
