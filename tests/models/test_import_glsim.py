@@ -188,3 +188,24 @@ def test_import_reports_whether_the_anchor_token_was_trained(tmp_path):
     res = import_glsim(str(_save(tmp_path / "cub.pth", sd)), str(tmp_path / "g.safetensors"),
                        model_name="vit_tiny_patch16_224")
     assert res["anchor_class_token"] == "absent"
+
+
+def test_a_state_dict_without_the_patch_embedding_is_one_line(tmp_path, capsys):
+    sd = _legacy_state()
+    del sd["patch_embedding.weight"], sd["patch_embedding.bias"]
+    pth = _save(tmp_path / "cub.pth", sd)
+    assert main(["import", "glsim", str(pth), "--out", str(tmp_path / "g.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "no patch_embedding.weight in the state dict" in err and "cub.pth" in err and "Traceback" not in err
+
+
+def test_a_negative_input_size_is_refused(tmp_path):
+    pth = _save(tmp_path / "cub.pth", _legacy_state())
+    with pytest.raises(ValueError, match="--img-size -64: expected a positive input size"):
+        import_glsim(str(pth), str(tmp_path / "g.safetensors"), model_name="vit_tiny_patch16_224", img_size=-64)
+
+
+def test_mean_without_std_is_refused(tmp_path):
+    pth = _save(tmp_path / "cub.pth", _legacy_state())
+    with pytest.raises(ValueError, match="--mean and --std go together"):
+        import_glsim(str(pth), str(tmp_path / "g.safetensors"), model_name="vit_tiny_patch16_224", mean=(0.5,) * 3)

@@ -737,31 +737,30 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     s = sub.add_parser("import", help="convert published checkpoints into fgir checkpoints")
     isub = s.add_subparsers(dest="import_cmd", required=True)
-    i = isub.add_parser("tgda", help="a TGDA authors' student .pth -> fgir .safetensors (no pickled code runs)")
-    i.add_argument("pth", help="the published .pth file")
-    i.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
-    i.add_argument("--model", default="", help="our model name (default: the name recorded in the file)")
-    i.add_argument("--img-size", type=int, default=0, help="student input size (default: recorded in the file)")
-    i.add_argument("--dataset", default="", help="catalog dataset whose class table names the classes")
-    i.add_argument("--root", default="", help="that dataset's root (default: $FGIR_DATA)")
-    i.add_argument("--class-names", default="", help="class names file (one per line, or classid_classname.csv)")
-    i.set_defaults(fn=cmd_import)
-    i = isub.add_parser("glsim", help="a GLSim authors' legacy ViTGLSim .pth -> fgir .safetensors (timm ViT + "
-                        "glsim plug-in; no pickled code runs)")
-    i.add_argument("pth", help="the released .pth file (e.g. cub_vit_b16_16_2.pth)")
-    i.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
-    i.add_argument("--model", default="", help="timm architecture (default: from the recorded model_name, "
-                   "vit_b16 -> vit_base_patch16_224)")
-    i.add_argument("--img-size", type=int, default=0, help="input size (default: recorded, else from the "
-                   "position embedding)")
+    def import_parser(name: str, help: str, pth: str, model: str, size: str) -> argparse.ArgumentParser:
+        """A `fgir import NAME` parser with the arguments every importer shares."""
+        i = isub.add_parser(name, help=help)
+        i.add_argument("pth", help=pth)
+        i.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
+        i.add_argument("--model", default="", help=model)
+        i.add_argument("--img-size", type=int, default=0, help=size)
+        i.add_argument("--dataset", default="", help="catalog dataset whose class table names the classes")
+        i.add_argument("--root", default="", help="that dataset's root (default: $FGIR_DATA)")
+        i.add_argument("--class-names", default="", help="class names file (one per line, or classid_classname.csv)")
+        i.set_defaults(fn=cmd_import)
+        return i
+
+    import_parser("tgda", "a TGDA authors' student .pth -> fgir .safetensors (no pickled code runs)",
+                  "the published .pth file", "our model name (default: the name recorded in the file)",
+                  "student input size (default: recorded in the file)")
+    i = import_parser("glsim", "a GLSim authors' legacy ViTGLSim .pth -> fgir .safetensors (timm ViT + glsim "
+                      "plug-in; no pickled code runs)", "the released .pth file (e.g. cub_vit_b16_16_2.pth)",
+                      "timm architecture (default: from the recorded model_name, vit_b16 -> vit_base_patch16_224)",
+                      "input size (default: recorded, else from the position embedding)")
     i.add_argument("--top-o", type=int, default=0, help="selected patches O (default: the recorded dynamic_top)")
     i.add_argument("--crop-cls", default="shared", choices=["shared", "separate"],
                    help="crop-pass class token: shared = what the legacy code ran (default); separate = load "
                    "anchor_class_token")
-    i.add_argument("--dataset", default="", help="catalog dataset whose class table names the classes")
-    i.add_argument("--root", default="", help="that dataset's root (default: $FGIR_DATA)")
-    i.add_argument("--class-names", default="", help="class names file (one per line, or classid_classname.csv)")
-    i.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("list", help="list models, datasets, tasks or plug-ins")
     s.add_argument("what", choices=["models", "datasets", "tasks", "plugins"], help="what to list")

@@ -38,15 +38,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
 from ..config import Config, from_dict
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.importers import strip_ddp_prefix
-from . import checkpoint as ckpt
-from .import_tgda import resolve_class_names
+from .import_tgda import checkpoint_file, resolve_class_names, save_imported_checkpoint
 
 #: Legacy model names (pytorch-pretrained-vit configs) -> timm architectures.
 LEGACY_MODELS: dict[str, str] = {
@@ -122,20 +120,23 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
         mean, std: normalisation (default: ImageNet; 0.5 when the run recorded ``custom_mean_std``).
     """
     from ..models.importers import read_reference_checkpoint
-    from .build import build_model
 
     if crop_cls not in ("shared", "separate"):
         raise ValueError(f"--crop-cls {crop_cls!r}: expected shared (the legacy behaviour) or separate.")
-    src = Path(pth)
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: no such checkpoint file.")
+    if img_size < 0:
+        raise ValueError(f"--img-size {img_size}: expected a positive input size (or 0: from the checkpoint).")
+    if bool(mean) != bool(std):
+        raise ValueError("--mean and --std go together: give both (3 values each) or neither.")
+    src = checkpoint_file(pth)
     raw = read_reference_checkpoint(src, extra_keys=("dynamic_top", "custom_mean_std"))
     ref = raw["config"]
     state = map_glsim_state(raw["model"], crop_cls)
     anchor = anchor_report(raw["model"])
-    if "head.weight" not in state or "backbone.pos_embed" not in state:
-        raise ValueError(f"{src}: no head.weight / positional_embedding in the state dict; is this a ViTGLSim "
-                         "checkpoint?")
+    needed = {"head.weight": "head.weight", "backbone.pos_embed": "positional_embedding.pos_embedding",
+              "backbone.patch_embed.proj.weight": "patch_embedding.weight"}
+    missing = [legacy for ours, legacy in needed.items() if ours not in state]
+    if missing:
+        raise ValueError(f"{src}: no {', '.join(missing)} in the state dict; is this a ViTGLSim checkpoint?")
     legacy = str(ref.get("model_name", ""))
     name = model_name or LEGACY_MODELS.get(legacy, "")
     if not name:
@@ -158,12 +159,7 @@ def import_glsim(pth: str, out: str, model_name: str = "", img_size: int = 0, to
     cfg: Config = from_dict(Config, {"model": {"name": name, "plugins": [entry], "norm_eps": 1e-12},
                                      "data": {"name": dataset or "imported", "root": root, "img_size": size,
                                               "mean": list(mean), "std": list(std)}})
-    model = build_model(cfg.validate(), num_classes)
-    ckpt.load_weights_into(model, state, where=str(src))
-    metrics = {f"reference_{k}": raw[k] for k in ("accuracy", "epoch") if k in raw}
-    meta = ckpt.checkpoint_meta(cfg, num_classes, names, int(raw.get("epoch", 0) or 0), 0, mean, std, metrics)
-    meta["source"] = {"file": src.name, "reference_config": ref}
-    path = ckpt.save_weights(model, out, meta)
+    path = save_imported_checkpoint(cfg, num_classes, names, state, raw, src, out)
     return {"checkpoint": str(path), "model": name, "num_classes": num_classes, "img_size": size,
             "top_o": entry["top_o"], "crop_cls": crop_cls, "anchor_class_token": anchor}
 

@@ -41,6 +41,30 @@ def resolve_class_names(num_classes: int, class_names: str = "", dataset: str = 
     return list(names)
 
 
+def checkpoint_file(pth: str) -> Path:
+    """``pth`` as a Path; a one-line error when it is not a file."""
+    src = Path(pth)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such checkpoint file.")
+    return src
+
+
+def save_imported_checkpoint(cfg: Config, num_classes: int, names: list[str], state: dict, raw: dict, src: Path,
+                             out: str) -> Path:
+    """Build the model of ``cfg``, load the mapped ``state`` (every tensor must fit) and write it to
+    ``out`` as a regular fgir checkpoint whose metadata keeps the reference run's accuracy, epoch,
+    file name and config."""
+    from .build import build_model
+
+    model = build_model(cfg.validate(), num_classes)
+    ckpt.load_weights_into(model, state, where=str(src))
+    metrics = {f"reference_{k}": raw[k] for k in ("accuracy", "epoch") if k in raw}
+    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
+    meta = ckpt.checkpoint_meta(cfg, num_classes, names, int(raw.get("epoch", 0) or 0), 0, mean, std, metrics)
+    meta["source"] = {"file": src.name, "reference_config": raw["config"]}
+    return ckpt.save_weights(model, out, meta)
+
+
 def import_tgda(pth: str, out: str, model_name: str = "", img_size: int = 0, dataset: str = "", root: str = "",
                 class_names: str = "", mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> dict:
     """Convert ``pth`` into an fgir checkpoint at ``out``; returns a summary.
@@ -55,11 +79,8 @@ def import_tgda(pth: str, out: str, model_name: str = "", img_size: int = 0, dat
         class_names: a file with the class names (one per line or ``classid_classname.csv``).
     """
     from ..models.importers import REFERENCE_NAMES, import_tgda_checkpoint, read_tgda_checkpoint, tgda_model_kwargs
-    from .build import build_model
 
-    src = Path(pth)
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: no such checkpoint file.")
+    src = checkpoint_file(pth)
     raw = read_tgda_checkpoint(src)
     ref = raw["config"]
     name = model_name or REFERENCE_NAMES.get(str(ref.get("model_name", "")), str(ref.get("model_name", "")))
@@ -75,12 +96,6 @@ def import_tgda(pth: str, out: str, model_name: str = "", img_size: int = 0, dat
     cfg: Config = from_dict(Config, {"model": {"name": name, "kwargs": kwargs},
                                      "data": {"name": dataset or "imported", "root": root, "img_size": size,
                                               "mean": list(mean), "std": list(std)}})
-    model = build_model(cfg.validate(), num_classes)
-    ckpt.load_weights_into(model, state, where=str(src))
-    metrics = {k: raw[k] for k in ("accuracy", "epoch") if k in raw}
-    meta = ckpt.checkpoint_meta(cfg, num_classes, names, int(raw.get("epoch", 0) or 0), 0, mean, std,
-                                {"reference_" + k: v for k, v in metrics.items()})
-    meta["source"] = {"file": src.name, "reference_config": ref}
-    path = ckpt.save_weights(model, out, meta)
+    path = save_imported_checkpoint(cfg, num_classes, names, state, raw, src, out)
     return {"checkpoint": str(path), "model": name, "num_classes": num_classes, "img_size": size,
             "builder_kwargs": kwargs}
