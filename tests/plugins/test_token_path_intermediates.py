@@ -83,3 +83,8 @@ def test_nchw_is_refused_with_one_line():
     m = plug(tiny("vit"), tr("evit", 0.5))
     with pytest.raises(ValueError, match="only output_fmt='NLC'"):
         m.forward_intermediates(_x())
+
+
+def test_the_path_does_not_keep_the_intermediates_after_returning_them():
+    m, _, (_, inter) = _reduced("evit", "vit")
+    assert len(inter) == len(m.blocks) and m.token_path.last_blocks == []

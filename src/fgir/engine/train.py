@@ -131,7 +131,7 @@ def build_optimizer(cfg: Config, task: torch.nn.Module) -> torch.optim.Optimizer
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
     """The schedule's lr (param group 0 without its layer-decay ``lr_scale``)."""
     g = optimizer.param_groups[0]
-    return g["lr"] / g.get("lr_scale", 1.0) if g.get("lr_scale") else g["lr"]
+    return g["lr"] / (g.get("lr_scale") or 1.0)
 
 
 class EpochScheduler:

@@ -92,7 +92,8 @@ class GLSimConfig(PluginConfig):
     head_init: str = "zeros"
     """zeros (legacy: weight and bias 0) or default (PyTorch Linear init)."""
     head_pool: str = "cls"
-    """Logits from token 0 (cls), or the head on both tokens, mean / max over tokens (avg_cls / max_cls)."""
+    """Logits from token 0 (cls), or the head on every token of the aggregated sequence (both global
+    tokens; with select_top_k the global and the O patch tokens), mean / max over tokens (avg_cls / max_cls)."""
     crop_impl: str = "batched"
     """batched (per-sample gathers, traceable) or loop (per-sample F.interpolate; the test reference)."""
     mode: str = "crop"
@@ -376,7 +377,8 @@ class GLSimModel(nn.Module):
         return None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The aggregated global tokens ``B x 2 x D`` (original, crop)."""
+        """The aggregated sequence: ``B x 2 x D`` (global tokens of the image and of the crop), or with
+        ``mode: select_top_k`` ``B x (1 + O) x D`` (global token, top-O patch tokens)."""
         return self._aggregate(self._passes(x)[0])
 
     def forward_head(self, z: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

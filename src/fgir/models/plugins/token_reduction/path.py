@@ -394,6 +394,7 @@ def _forward_intermediates(self: nn.Module, x: torch.Tensor, indices: int | list
     finally:
         path.keep_blocks = None
     outs = [self.norm(y) if norm else y for y in path.last_blocks]
+    path.last_blocks = []  # the caller owns them now; do not keep their graph alive until the next forward
     npt = self.num_prefix_tokens
     prefix = [y[:, :npt] for y in outs] if npt else None
     outs = [y[:, npt:] for y in outs]
