@@ -49,11 +49,9 @@ def _set_norm_eps(model: nn.Module, eps: float, name: str) -> nn.Module:
 
 def _grad_checkpointing(model: nn.Module, name: str) -> None:
     """``model.grad_checkpointing``: timm's ``set_grad_checkpointing(True)`` on the backbone."""
-    root = model
-    while not callable(getattr(root, "set_grad_checkpointing", None)) and isinstance(getattr(root, "backbone", None),
-                                                                                     nn.Module):
-        root = root.backbone
-    fn = getattr(root, "set_grad_checkpointing", None)
+    from ..models.plugins.base import find_backbone
+
+    fn = getattr(find_backbone(model, "set_grad_checkpointing")[0], "set_grad_checkpointing", None)
     if not callable(fn):
         raise ConfigError(f"model.grad_checkpointing=true: model '{name}' has no set_grad_checkpointing (timm models "
                           "have one). Leave it false.")

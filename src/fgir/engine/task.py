@@ -107,10 +107,10 @@ class Task(nn.Module):
         ``backbone``. None when it has no ``group_matcher``."""
         import re
 
-        root, prefix = self.model, "model."
-        while not callable(getattr(root, "group_matcher", None)) and isinstance(getattr(root, "backbone", None),
-                                                                                 nn.Module):
-            root, prefix = root.backbone, prefix + "backbone."
+        from ..models.plugins.base import find_backbone
+
+        root, prefix = find_backbone(self.model, "group_matcher")
+        prefix = "model." + prefix
         fn = getattr(root, "group_matcher", None)
         if not callable(fn):
             return None

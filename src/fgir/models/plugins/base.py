@@ -61,6 +61,16 @@ def register_plugin(name: str, config: type[PluginConfig] = PluginConfig, *, rep
     return deco
 
 
+def find_backbone(model: nn.Module, attr: str) -> tuple[nn.Module, str]:
+    """The first of ``model``, ``model.backbone``, ``model.backbone.backbone``, ... that has ``attr``
+    (a wrapping plug-in such as GLSim keeps the timm model as ``backbone``), with its parameter-name
+    prefix (``""``, ``"backbone."``, ...); the innermost one when none has it."""
+    root, prefix = model, ""
+    while getattr(root, attr, None) is None and isinstance(getattr(root, "backbone", None), nn.Module):
+        root, prefix = root.backbone, prefix + "backbone."
+    return root, prefix
+
+
 def _structure(model: nn.Module) -> list[tuple[str, type]]:
     return [(n, type(m)) for n, m in model.named_modules()]
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .base import find_backbone
+
 __all__ = ["AttentionRecord", "record_attention", "attention_modules", "rollout", "rollout_scores", "rollout_map",
            "vit_root",
            "psm_indices", "maws_scores", "maws_indices", "DFSM_METHODS", "dfsm_cost", "vit_backbone_cost",
@@ -51,9 +53,7 @@ class AttentionRecord:
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """timm-style attention modules (``q_norm``, ``k_norm``, ``scale``) of ``model.blocks`` in order
     (any submodule named ``backbone`` is searched when the model wraps one)."""
-    root = model
-    while not hasattr(root, "blocks") and hasattr(root, "backbone"):
-        root = root.backbone
+    root = vit_root(model)
     blocks = getattr(root, "blocks", None)
     if blocks is None:
         raise TypeError(f"{type(model).__name__} has no transformer blocks to record attention from.")
@@ -218,10 +218,7 @@ def table1(sizes: Sequence[int] = (224, 448, 768, 1024),
 # ============================================================================ visualisation
 def vit_root(model: nn.Module) -> nn.Module:
     """The timm-style ViT holding ``blocks`` (``model`` itself, or the ``backbone`` a plug-in wraps)."""
-    root = model
-    while not hasattr(root, "blocks") and hasattr(root, "backbone"):
-        root = root.backbone
-    return root
+    return find_backbone(model, "blocks")[0]
 
 
 @torch.no_grad()
