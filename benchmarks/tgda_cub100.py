@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path.home() / ".cache" / "fgir" / "bench" / "tgda_cub100_v2"),
                     help="stage folders (outside the work tree, so a later session on this machine can continue)")
     ap.add_argument("--record", default=str(RECORD), help="JSON record of finished stages (kept in the work tree)")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: write the finished stages to --record and stop at the first unfinished one")
     a = ap.parse_args()
     record = Path(a.record)
     torch.set_num_threads(a.threads)
@@ -81,6 +83,8 @@ def main() -> None:
     def run_stage(name: str, cfg_file: str, overrides: list[str], dependants: dict | None = None) -> dict:
         """``dependants``: stages (name -> (config, overrides)) that load this stage's checkpoint."""
         pending = [n for n, (c, o) in (dependants or {}).items() if stages.recorded(n, [c], o, out, record) is None]
+        if a.collect and stages.recorded(name, [cfg_file], overrides, out, record) is None:
+            raise SystemExit(f"--collect: stage {name} is not finished; the finished ones are in {record}.")
         return stages.run_stage(name, [cfg_file], overrides, out, record=record, need_checkpoint=bool(pending))
 
     chosen = a.temperatures[0]
