@@ -156,3 +156,15 @@ def test_15_table1_printed_values_two_significant_digits():
     for s, vals in printed.items():
         got = [dfsm_cost(m, s) for m in ("transfg", "rollout", "ffvt", "aftrans", "glsim")]
         assert [float(f"{v:.1e}") for v in got] == vals, s
+
+
+def test_drain_probs_gives_the_same_maps_and_empties_the_record():
+    from fgir.models.plugins.selection import AttentionRecord
+
+    g = torch.Generator().manual_seed(0)
+    rec = AttentionRecord([torch.randn(2, 3, 5, 5, generator=g) for _ in range(4)])
+    ref = rec.probs
+    drained = list(rec.drain_probs())
+    assert rec.scores == [] and len(drained) == 4
+    for a, b in zip(drained, ref):
+        assert_close(a, b, atol=0, rtol=0)

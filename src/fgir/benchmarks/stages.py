@@ -82,7 +82,8 @@ def run_stage(name: str, config_files: list[str], overrides: list[str], out: Pat
     sig = _signature(config_files, overrides, out)
     entry = read_record(record).get(name) if record is not None else None
     entry = entry if entry and entry.get("args") == sig else None
-    if final.is_file():
+    final_existed = final.is_file()
+    if final_existed:
         print(f"[{name}] reusing {final}", flush=True)
         res = json.loads(final.read_text())
     elif entry is not None and not need_checkpoint:
@@ -101,7 +102,7 @@ def run_stage(name: str, config_files: list[str], overrides: list[str], out: Pat
     if val is not None:
         res["val_top1_last"] = val
     if record is not None:
-        if entry is not None:
+        if entry is not None and not final_existed:
             old = {k: entry["result"].get(k) for k in ("test_top1", "val_top1_last") if k in entry["result"]}
             new = {k: res.get(k) for k in old}
             print(f"[{name}] recorded result {'reproduced' if old == new else 'DIFFERS'}: "

@@ -460,7 +460,7 @@ class GLSimModel(nn.Module):
 
         with record_attention(self.backbone, detach=True) as rec:
             h = self.backbone.forward_features(x)
-        return h, rollout_scores(rec.probs, self.num_prefix_tokens)
+        return h, rollout_scores(rec.drain_probs(), self.num_prefix_tokens)
 
     def _passes(self, x: torch.Tensor):
         h, pre = self._first_pass(x)

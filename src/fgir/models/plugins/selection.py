@@ -24,7 +24,7 @@ RAMS-Trans and the PIM selector have cost formulas only (no selector implementat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +48,12 @@ class AttentionRecord:
     @property
     def probs(self) -> list[torch.Tensor]:
         return [s.softmax(dim=-1) for s in self.scores]
+
+    def drain_probs(self) -> Iterator[torch.Tensor]:
+        """The probabilities block by block, releasing each recorded score as it is used (one pass,
+        e.g. a rollout: one softmax alive at a time instead of all L). Leaves the record empty."""
+        while self.scores:
+            yield self.scores.pop(0).softmax(dim=-1)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -100,7 +106,7 @@ def record_attention(model: nn.Module, blocks: Sequence[int] | None = None,
 
 
 # ============================================================================ selectors
-def rollout(attns: Sequence[torch.Tensor], add_identity: bool = True) -> torch.Tensor:
+def rollout(attns: Iterable[torch.Tensor], add_identity: bool = True) -> torch.Tensor:
     """Attention rollout ``Â_L ··· Â_1`` with ``Â = norm_rows(mean_h(A) + I)`` (``B x N x N``).
 
     Args:
@@ -118,7 +124,7 @@ def rollout(attns: Sequence[torch.Tensor], add_identity: bool = True) -> torch.T
     return joint
 
 
-def rollout_scores(attns: Sequence[torch.Tensor], num_prefix_tokens: int = 1) -> torch.Tensor:
+def rollout_scores(attns: Iterable[torch.Tensor], num_prefix_tokens: int = 1) -> torch.Tensor:
     """Rollout CLS row over the patch tokens: ``B x g^2`` (larger = more relevant)."""
     return rollout(attns)[:, 0, num_prefix_tokens:]
 
