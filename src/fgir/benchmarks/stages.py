@@ -15,9 +15,10 @@ whether the new result equals the recorded one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from ..utils import atomic_path
 
 
 def _signature(config_files: list[str], overrides: list[str], out: Path) -> list[str]:
@@ -41,9 +42,14 @@ def read_record(record: Path | None) -> dict:
 def _write_record(record: Path, name: str, entry: dict) -> None:
     data = read_record(record)
     data[name] = entry
-    tmp = Path(record).with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
-    os.replace(tmp, record)
+    with atomic_path(record) as tmp:
+        Path(tmp).write_text(json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+
+
+def _entry(name: str, sig: list[str], record: Path | None) -> dict | None:
+    """The record's entry of stage ``name`` when it was produced by the same arguments ``sig``."""
+    entry = read_record(record).get(name)
+    return entry if entry and entry.get("args") == sig else None
 
 
 def recorded(name: str, config_files: list[str], overrides: list[str], out: Path,
@@ -52,10 +58,8 @@ def recorded(name: str, config_files: list[str], overrides: list[str], out: Path
     final = out / name / "final.json"
     if final.is_file():
         return json.loads(final.read_text())
-    entry = read_record(record).get(name)
-    if entry and entry.get("args") == _signature(config_files, overrides, out):
-        return entry["result"]
-    return None
+    entry = _entry(name, _signature(config_files, overrides, out), record)
+    return entry["result"] if entry else None
 
 
 def _last_val(out: Path, name: str) -> float | None:
@@ -80,8 +84,7 @@ def run_stage(name: str, config_files: list[str], overrides: list[str], out: Pat
 
     final = out / name / "final.json"
     sig = _signature(config_files, overrides, out)
-    entry = read_record(record).get(name) if record is not None else None
-    entry = entry if entry and entry.get("args") == sig else None
+    entry = _entry(name, sig, record)
     final_existed = final.is_file()
     if final_existed:
         print(f"[{name}] reusing {final}", flush=True)
